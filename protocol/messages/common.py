@@ -1,0 +1,58 @@
+"""Pure protocol: messages shared by every service (liveness, identity, authentication)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from protocol.base import Message, Shape
+
+IdentityType = Literal["Account", "RAMUser", "AssumedRoleUser", "Service"]
+
+
+class Principal(Shape):
+    """An authenticated caller, as RAM or STS vouched for it.
+
+    ``arn`` is Alibaba's: ``acs:ram::<acct>:root``, ``acs:ram::<acct>:user/<name>``,
+    ``acs:ram::<acct>:assumed-role/<role>/<session>``; services are ``<svc>.aliyuncs.com``.
+    """
+
+    identity_type: IdentityType
+    account_id: str
+    arn: str
+    principal_id: str
+    user_name: str = ""
+    role_name: str = ""
+    role_id: str = ""
+    session_name: str = ""
+    session_policy: str = ""
+    access_key_id: str = ""
+
+
+class Ping(Message):
+    """Are you there? Answered by every node once it is ready."""
+
+
+class PingOk(Message):
+    node: str
+    started_at: float
+
+
+class Authenticate(Message):
+    """Verify a signed API request. Sent to ``ram`` for AccessKeys, to ``sts`` for ``STS.`` keys.
+
+    The verifier holds the secret; the asker never does. ``string_to_sign`` is what the
+    signature scheme (``signature_method``) signs.
+    """
+
+    access_key_id: str
+    signature: str
+    string_to_sign: str
+    signature_method: str = "HMAC-SHA1"
+    security_token: str = ""
+
+
+class AuthenticateOk(Message):
+    principal: Principal
+
+
+ALL = (Ping, PingOk, Authenticate, AuthenticateOk)

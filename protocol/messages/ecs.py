@@ -1,0 +1,235 @@
+"""Pure protocol: ECS (API version 2014-05-26) commands and replies, and the internal
+exchange between the ECS control plane and the metadata agents.
+
+``InstanceIds`` is a JSON-array string on the wire, as in Alibaba's API.
+"""
+
+from __future__ import annotations
+
+from protocol.base import Message, Shape
+from protocol.messages.common import Principal
+
+
+# -- shapes ---------------------------------------------------------------------------------
+class InstanceIdSets(Shape):
+    instance_id_set: list[str] = []
+
+
+class Instance(Shape):
+    instance_id: str
+    instance_name: str
+    status: str
+    region_id: str
+    zone_id: str
+    instance_type: str
+    image_id: str
+    host_name: str
+    creation_time: str
+
+
+class InstanceList(Shape):
+    instance: list[Instance] = []
+
+
+class RamRoleResult(Shape):
+    instance_id: str
+    code: str
+    message: str
+    success: bool
+
+
+class AttachResults(Shape):
+    attach_instance_ram_role_result: list[RamRoleResult] = []
+
+
+class DetachResults(Shape):
+    detach_instance_ram_role_result: list[RamRoleResult] = []
+
+
+class InstanceRamRole(Shape):
+    instance_id: str
+    ram_role_name: str
+
+
+class InstanceRamRoleSets(Shape):
+    instance_ram_role_set: list[InstanceRamRole] = []
+
+
+class InstanceCredentials(Shape):
+    """An STS credential for an instance. Times are epoch seconds in simulated time."""
+
+    access_key_id: str
+    access_key_secret: str
+    security_token: str
+    expiration: float
+    last_updated: float
+
+
+class InstanceView(Shape):
+    """Everything a metadata agent needs to answer for one instance; full state, not a delta.
+
+    ``generation`` grows with every change, so an agent keeps the newest view whatever order
+    views arrive in.
+    """
+
+    instance_id: str
+    host_id: str
+    generation: int
+    account_id: str
+    region_id: str
+    zone_id: str
+    host_name: str
+    instance_type: str
+    image_id: str
+    private_ip: str
+    mac: str
+    http_tokens: str = "optional"
+    ram_role_name: str = ""
+    credentials: InstanceCredentials | None = None
+    deleted: bool = False
+
+
+class MetadataEndpoint(Shape):
+    instance_id: str
+    host_id: str
+    url: str
+
+
+# -- API commands and replies ----------------------------------------------------------------
+class RunInstances(Message):
+    region_id: str
+    image_id: str = "aliyun_3_x64_20G_alibase_20240819.vhd"
+    instance_type: str = "ecs.g7.large"
+    instance_name: str = ""
+    zone_id: str = ""
+    ram_role_name: str = ""
+    amount: int = 1
+    http_tokens: str = "optional"
+    caller: Principal | None = None
+
+
+class RunInstancesOk(Message):
+    instance_id_sets: InstanceIdSets
+
+
+class AttachInstanceRamRole(Message):
+    region_id: str
+    ram_role_name: str
+    instance_ids: str
+    policy: str = ""
+    caller: Principal | None = None
+
+
+class AttachInstanceRamRoleOk(Message):
+    total_count: int
+    fail_count: int
+    ram_role_name: str
+    attach_instance_ram_role_results: AttachResults
+
+
+class DetachInstanceRamRole(Message):
+    region_id: str
+    instance_ids: str
+    ram_role_name: str = ""
+    caller: Principal | None = None
+
+
+class DetachInstanceRamRoleOk(Message):
+    total_count: int
+    fail_count: int
+    ram_role_name: str
+    detach_instance_ram_role_results: DetachResults
+
+
+class DescribeInstances(Message):
+    region_id: str
+    instance_ids: str = ""
+    page_number: int = 1
+    page_size: int = 10
+    caller: Principal | None = None
+
+
+class DescribeInstancesOk(Message):
+    instances: InstanceList
+    total_count: int
+    page_number: int
+    page_size: int
+
+
+class DescribeInstanceRamRole(Message):
+    region_id: str
+    instance_ids: str = ""
+    ram_role_name: str = ""
+    page_number: int = 1
+    page_size: int = 10
+    caller: Principal | None = None
+
+
+class DescribeInstanceRamRoleOk(Message):
+    region_id: str
+    total_count: int
+    instance_ram_role_sets: InstanceRamRoleSets
+
+
+class DescribeInstanceMetadataEndpoints(Message):
+    """ramsim extension (not an Alibaba API): where each instance's metadata view listens."""
+
+    caller: Principal | None = None
+
+
+class DescribeInstanceMetadataEndpointsOk(Message):
+    endpoints: list[MetadataEndpoint]
+
+
+# -- ECS <-> metadata agents -----------------------------------------------------------------
+class RegisterHost(Message):
+    """A metadata agent announces itself; ECS answers with every instance it hosts."""
+
+    host_id: str
+
+
+class RegisterHostOk(Message):
+    instances: list[InstanceView]
+
+
+class InstanceChanged(Message):
+    """ECS -> the agent hosting the instance: its complete current view."""
+
+    view: InstanceView
+
+
+class InstanceEndpointReady(Message):
+    """Agent -> ECS: the instance's metadata view is being served at ``url``."""
+
+    instance_id: str
+    host_id: str
+    url: str
+
+
+class RoleAttachedToInstance(Message):
+    """Event: a role now serves on an instance."""
+
+    instance_id: str
+    ram_role_name: str
+
+
+class RoleDetachedFromInstance(Message):
+    instance_id: str
+    ram_role_name: str
+
+
+class InstanceCredentialsRefreshed(Message):
+    """Event: a fresh credential was pushed (no secret material)."""
+
+    instance_id: str
+    ram_role_name: str
+    access_key_id: str
+    expiration: float
+
+
+COMMANDS = (RunInstances, AttachInstanceRamRole, DetachInstanceRamRole, DescribeInstances,
+            DescribeInstanceRamRole, DescribeInstanceMetadataEndpoints)
+ALL = (*COMMANDS, RunInstancesOk, AttachInstanceRamRoleOk, DetachInstanceRamRoleOk,
+       DescribeInstancesOk, DescribeInstanceRamRoleOk, DescribeInstanceMetadataEndpointsOk,
+       RegisterHost, RegisterHostOk, InstanceChanged, InstanceEndpointReady,
+       RoleAttachedToInstance, RoleDetachedFromInstance, InstanceCredentialsRefreshed)

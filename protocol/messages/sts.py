@@ -1,0 +1,60 @@
+"""Pure protocol: STS (API version 2015-04-01) commands, replies and events."""
+
+from __future__ import annotations
+
+from protocol.base import Message, Shape
+from protocol.messages.common import Principal
+
+
+class Credentials(Shape):
+    access_key_id: str
+    access_key_secret: str
+    security_token: str
+    expiration: str
+
+
+class AssumedRoleUser(Shape):
+    arn: str
+    assumed_role_id: str
+
+
+class AssumeRole(Message):
+    """Assume ``role_arn``. ``caller`` is a RAM principal, or the ECS service principal when
+    ECS obtains credentials for an instance."""
+
+    role_arn: str
+    role_session_name: str
+    duration_seconds: int = 3600
+    policy: str = ""
+    caller: Principal | None = None
+
+
+class AssumeRoleOk(Message):
+    credentials: Credentials
+    assumed_role_user: AssumedRoleUser
+
+
+class GetCallerIdentity(Message):
+    caller: Principal | None = None
+
+
+class GetCallerIdentityOk(Message):
+    account_id: str
+    arn: str
+    identity_type: str
+    principal_id: str
+    user_id: str = ""
+    role_id: str = ""
+
+
+class RoleAssumed(Message):
+    """Event: a session was minted (no secret material)."""
+
+    access_key_id: str
+    role_arn: str
+    session_name: str
+    expires_at: float
+
+
+COMMANDS = (AssumeRole, GetCallerIdentity)
+ALL = (AssumeRole, AssumeRoleOk, GetCallerIdentity, GetCallerIdentityOk, RoleAssumed)

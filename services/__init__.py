@@ -1,0 +1,1 @@
+"""ramsim services: each a pure core inside a thin I/O shell, talking only over the bus."""

@@ -1,0 +1,1 @@
+"""The ``ramsim`` command: run a cluster, call its APIs like the ``aliyun`` CLI, run the demo."""

@@ -1,0 +1,62 @@
+"""I/O shell: a small Alibaba OpenAPI client (RPC style, HMAC-SHA1 signature), as the
+``aliyun`` CLI and ``aliyun-python-sdk-core`` send requests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from services.gateway.core import VERSIONS
+from services.runtime import signing
+
+
+@dataclass(frozen=True)
+class Credential:
+    access_key_id: str
+    access_key_secret: str
+    security_token: str = ""
+
+
+class ApiError(Exception):
+    """An error answer: Alibaba's Code and Message, and the HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status, self.code, self.message, self.body = status, code, message, body
+
+
+def signed_query(product: str, action: str, params: Mapping[str, str], credential: Credential, method: str = "POST") -> str:
+    if product not in VERSIONS:
+        raise ValueError(f"unknown product {product!r}; choose one of {', '.join(sorted(VERSIONS))}")
+    query = {
+        **params, "Action": action, "Version": VERSIONS[product], "Format": "JSON",
+        "AccessKeyId": credential.access_key_id, "SignatureMethod": "HMAC-SHA1", "SignatureVersion": "1.0",
+        "SignatureNonce": uuid.uuid4().hex, "Timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if credential.security_token:
+        query["SecurityToken"] = credential.security_token
+    query["Signature"] = signing.hmac_sha1(credential.access_key_secret, signing.rpc_string_to_sign(method, query))
+    return urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+
+
+def call(endpoint: str, product: str, action: str, params: Mapping[str, str], credential: Credential,
+         *, timeout: float = 15.0) -> dict[str, Any]:
+    """POST one signed call; return the JSON answer or raise :class:`ApiError`."""
+    url = f"{endpoint.rstrip('/')}/?{signed_query(product, action, params, credential)}"
+    request = urllib.request.Request(url, data=b"", method="POST", headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback gateway
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {"Code": "InvalidResponse", "Message": raw.decode(errors="replace")[:200]}
+        raise ApiError(exc.code, body.get("Code", "Unknown"), body.get("Message", ""), body) from None

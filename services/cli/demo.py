@@ -1,0 +1,164 @@
+"""I/O shell: ``ramsim demo``: the seed's nine steps against a real cluster, narrated.
+
+With no running cluster it starts a private one (in a temporary state directory) and stops it
+at the end, so ``ramsim demo`` alone is a complete tour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from services.cli import api, cluster, up
+from services.ram.policy import ECS_TRUST_POLICY
+
+ROLE = "MyApplicationRole"
+PASS_ROLE_POLICY = "PassMyApplicationRole"
+
+
+def run(cluster_file: Path | None, options: up.Options) -> int:
+    path = cluster.locate(str(cluster_file) if cluster_file else None)
+    if cluster_file or os.environ.get("RAMSIM_CLUSTER") or _alive(path):
+        target = cluster.load(path)
+        return walk(target, print)
+    return asyncio.run(_embedded(options))
+
+
+def _alive(path: Path) -> bool:
+    try:
+        os.kill(cluster.load(path).pid, 0)
+        return True
+    except (cluster.NoCluster, ProcessLookupError, PermissionError):
+        return False
+
+
+async def _embedded(options: up.Options) -> int:
+    with tempfile.TemporaryDirectory(prefix="ramsim-demo-") as state:
+        options.state_dir, options.instances, options.cluster_file = Path(state), 0, None
+        print("No running cluster found: starting a private one for the demo (Mosquitto + ram, sts, ecs, gateway, metadata).")
+        async with up.running_cluster(options) as running:
+            return await asyncio.to_thread(walk, running.file, print)
+
+
+class Steps:
+    def __init__(self, target: cluster.ClusterFile, say: Callable[[str], None]) -> None:
+        self.target = target
+        self.say = say
+        self.root = api.Credential(target.access_key_id, target.access_key_secret)
+
+    def call(self, product: str, action: str, credential: api.Credential | None = None, **params: str) -> dict[str, Any]:
+        return api.call(self.target.gateway_url, product, action, params, credential or self.root)
+
+    def ensure(self, product: str, action: str, **params: str) -> None:
+        try:
+            self.call(product, action, **params)
+        except api.ApiError as exc:
+            if not exc.code.startswith("EntityAlreadyExists"):
+                raise
+            self.say(f"    ({exc.code}: already there from an earlier run, reusing it)")
+
+    def step(self, n: int, text: str) -> None:
+        self.say(f"\n[{n}] {text}")
+
+
+def walk(target: cluster.ClusterFile, say: Callable[[str], None]) -> int:
+    from services.cli.main import instances, read_metadata
+
+    s = Steps(target, say)
+    region = target.region_id
+    run_id = os.urandom(2).hex()
+
+    s.step(1, f"The enterprise creates RAM role {ROLE}, trusting the ECS service (ecs.aliyuncs.com).")
+    s.ensure("ram", "CreateRole", RoleName=ROLE, AssumeRolePolicyDocument=ECS_TRUST_POLICY,
+             Description="Role for applications on ECS instances")
+    say(f"    trust policy: {ECS_TRUST_POLICY}")
+
+    s.step(2, "It attaches the policies the applications need to the role (here: AliyunECSReadOnlyAccess).")
+    s.ensure("ram", "AttachPolicyToRole", PolicyType="System", PolicyName="AliyunECSReadOnlyAccess", RoleName=ROLE)
+    attached = s.call("ram", "ListPoliciesForRole", RoleName=ROLE)["Policies"]["Policy"]
+    say("    role policies: " + ", ".join(p["PolicyName"] for p in attached))
+
+    admin, intern = f"ecs-admin-{run_id}", f"ecs-intern-{run_id}"
+    s.step(3, f"Using the account, it creates RAM users {admin} (will run instances) and {intern} (for contrast).")
+    keys = {}
+    for user in (admin, intern):
+        s.call("ram", "CreateUser", UserName=user)
+        key = s.call("ram", "CreateAccessKey", UserName=user)["AccessKey"]
+        keys[user] = api.Credential(key["AccessKeyId"], key["AccessKeySecret"])
+        say(f"    {user}: AccessKeyId {key['AccessKeyId']}")
+
+    s.step(4, f"It lets {admin} manage ECS and pass the role (ram:PassRole on acs:ram:*:*:role/{ROLE}); {intern} only manages ECS.")
+    pass_role = json.dumps({"Statement": [{"Effect": "Allow", "Action": "ram:PassRole",
+                                           "Resource": f"acs:ram:*:*:role/{ROLE}"}], "Version": "1"})
+    s.ensure("ram", "CreatePolicy", PolicyName=PASS_ROLE_POLICY, PolicyDocument=pass_role)
+    for user in (admin, intern):
+        s.call("ram", "AttachPolicyToUser", PolicyType="System", PolicyName="AliyunECSFullAccess", UserName=user)
+    s.call("ram", "AttachPolicyToUser", PolicyType="Custom", PolicyName=PASS_ROLE_POLICY, UserName=admin)
+    say(f"    {PASS_ROLE_POLICY}: {pass_role}")
+
+    s.step(5, f"{admin} starts an ECS instance with the role (RunInstances --RamRoleName {ROLE}).")
+    try:
+        s.call("ecs", "RunInstances", keys[intern], RegionId=region, RamRoleName=ROLE)
+        say(f"    UNEXPECTED: {intern} was allowed to pass the role")
+        return 1
+    except api.ApiError as exc:
+        say(f"    {intern} tries first and is refused: {exc.code} ({exc.message})")
+    started = time.monotonic()
+    instance_id = s.call("ecs", "RunInstances", keys[admin], RegionId=region, RamRoleName=ROLE)["InstanceIdSets"]["InstanceIdSet"][0]
+    say(f"    {admin} succeeds: instance {instance_id}")
+
+    s.step(6, "ECS calls STS AssumeRole for the role, as the ECS service principal; STS checks the trust policy.")
+    s.step(7, "STS returns the STS token to ECS, which pushes it to the instance's metadata agent as a bus event.")
+    url = ""
+    while not url or read_metadata(url, "/latest/meta-data/ram/security-credentials/")[0] != 200:
+        if time.monotonic() - started > 20:
+            say("    the credential did not reach the instance in 20 s")
+            return 1
+        time.sleep(0.02)
+        url = next((i["MetadataUrl"] for i in instances(target) if i["InstanceId"] == instance_id), "")
+    say(f"    serving after {(time.monotonic() - started) * 1000:.0f} ms; instance metadata view: {url}")
+    roles = s.call("ecs", "DescribeInstanceRamRole", RegionId=region, InstanceIds=json.dumps([instance_id]))
+    say(f"    DescribeInstanceRamRole: {roles['InstanceRamRoleSets']['InstanceRamRoleSet']}")
+
+    s.step(8, "The application reads the token from instance metadata:")
+    _, listing = read_metadata(url, "/latest/meta-data/ram/security-credentials/")
+    say(f"    $ curl http://100.100.100.200/latest/meta-data/ram/security-credentials/\n    {listing}")
+    _, document = read_metadata(url, f"/latest/meta-data/ram/security-credentials/{listing}")
+    say(f"    $ curl http://100.100.100.200/latest/meta-data/ram/security-credentials/{listing}")
+    say("    " + document.replace("\n", "\n    "))
+    token = json.loads(document)
+    session = api.Credential(token["AccessKeyId"], token["AccessKeySecret"], token["SecurityToken"])
+
+    s.step(9, "The application calls Alibaba Cloud APIs with the STS token.")
+    who = s.call("sts", "GetCallerIdentity", session)
+    say(f"    sts GetCallerIdentity -> {who['Arn']} ({who['IdentityType']})")
+    listed = s.call("ecs", "DescribeInstances", session, RegionId=region)
+    say(f"    ecs DescribeInstances -> {listed['TotalCount']} instance(s), allowed by AliyunECSReadOnlyAccess")
+    s.call("ram", "DetachPolicyFromRole", PolicyType="System", PolicyName="AliyunECSReadOnlyAccess", RoleName=ROLE)
+    try:
+        s.call("ecs", "DescribeInstances", session, RegionId=region)
+        say("    UNEXPECTED: still allowed after the policy was detached")
+        return 1
+    except api.ApiError as exc:
+        say(f"    policy detached from the role -> the same token is refused at once: {exc.code}")
+    s.call("ram", "AttachPolicyToRole", PolicyType="System", PolicyName="AliyunECSReadOnlyAccess", RoleName=ROLE)
+    s.call("ecs", "DescribeInstances", session, RegionId=region)
+    say("    policy attached again -> allowed again, with no restart and no new token")
+
+    s.step(10, "Epilogue: DetachInstanceRamRole; the instance stops serving the role.")
+    detached = time.monotonic()
+    s.call("ecs", "DetachInstanceRamRole", RegionId=region, InstanceIds=json.dumps([instance_id]))
+    while (status := read_metadata(url, "/latest/meta-data/ram/security-credentials/")[0]) == 200:
+        if time.monotonic() - detached > 5:
+            say("    UNEXPECTED: the role is still served 5 s after the detach")
+            return 1
+        time.sleep(0.01)
+    say(f"    GET /latest/meta-data/ram/security-credentials/ -> HTTP {status}, "
+        f"{(time.monotonic() - detached) * 1000:.0f} ms after the detach was sent")
+    say("\nDone: all nine steps ran against separate services over a real MQTT broker.")
+    return 0

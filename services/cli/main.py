@@ -1,0 +1,202 @@
+"""I/O shell: the ``ramsim`` command line.
+
+    ramsim up        start a cluster (private Mosquitto + every service) and run until Ctrl-C
+    ramsim demo      walk the seed's nine steps (starts its own cluster if none is running)
+    ramsim instances list instances and the URL of each one's metadata view
+    ramsim metadata  read what an instance sees at http://100.100.100.200<path>
+    ramsim ram|ecs|sts <Action> --Param value ...   call an API, like Alibaba's aliyun CLI
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+
+from services.cli import api, cluster, demo, up
+from services.runtime import logs
+from services.gateway.core import PRODUCTS, VERSIONS
+
+EPILOG = """examples:
+  ramsim up --instances 2 --time-scale 60
+  ramsim ram CreateRole --RoleName MyApplicationRole --AssumeRolePolicyDocument "$(cat trust.json)"
+  ramsim ecs AttachInstanceRamRole --RegionId cn-hangzhou --RamRoleName MyApplicationRole --InstanceIds '["i-..."]'
+  ramsim metadata i-... /latest/meta-data/ram/security-credentials/
+The cluster is found with --cluster-file, else $RAMSIM_CLUSTER, else .ramsim/cluster.json."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ramsim", description="A working simulation of Alibaba Cloud RAM roles for ECS instances.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start a cluster and run until Ctrl-C",
+                       description="Start a private Mosquitto on a free loopback port and every service (ram, sts, ecs, "
+                                   "gateway, one metadata agent per host) as its own process; wait until all answer; write "
+                                   "the cluster file; run until Ctrl-C or SIGTERM, then stop everything.")
+    _cluster_options(p)
+    p.add_argument("--cluster-file", type=Path, default=None, help="where to write the cluster file (default <state-dir>/cluster.json)")
+    p.add_argument("--instances", type=int, default=1, help="instances to launch at start, without a role (default 1)")
+    p.add_argument("--hosts", type=int, default=1, help="simulated hosts, one metadata agent each (default 1)")
+    p.add_argument("--state-dir", type=Path, default=Path(cluster.DEFAULT_STATE_DIR), help="state, logs and generated config (default .ramsim)")
+    p.add_argument("--log-format", choices=("json", "console"), default="json", help="service log format (default json)")
+
+    p = sub.add_parser("demo", help="walk the seed's nine steps, narrated",
+                       description="Walk the nine steps of 'RAM role for ECS instances' against a running cluster, "
+                                   "or against a private one started for the demo when none is running.")
+    _cluster_options(p)
+    p.add_argument("--cluster-file", type=Path, default=None,
+                   help="use this running cluster (default: $RAMSIM_CLUSTER, or .ramsim/cluster.json if its cluster is alive, else start one)")
+
+    p = sub.add_parser("instances", help="list instances and their metadata view URLs")
+    p.add_argument("--cluster-file", help="cluster file (default: $RAMSIM_CLUSTER or .ramsim/cluster.json)")
+
+    p = sub.add_parser("metadata", help="GET a metadata path as an instance sees it")
+    p.add_argument("instance_id", metavar="InstanceId")
+    p.add_argument("path", help="e.g. /latest/meta-data/ram/security-credentials/")
+    p.add_argument("--token", help="send this hardened-mode token (X-aliyun-ecs-metadata-token)")
+    p.add_argument("--cluster-file", help="cluster file (default: $RAMSIM_CLUSTER or .ramsim/cluster.json)")
+
+    for product in sorted(VERSIONS):
+        actions = sorted(next(cmds for _, (name, cmds) in PRODUCTS.items() if name == product))
+        p = sub.add_parser(product, help=f"call {product.upper()} API version {VERSIONS[product]}",
+                           description=f"Call an {product.upper()} action. Actions: {', '.join(actions)}.\n"
+                                       f"Parameters are given as --Name value, spelled as in Alibaba's API.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("action", metavar="Action", nargs="?", help="API action, e.g. " + actions[0])
+        p.add_argument("--cluster-file", help="cluster file (default: $RAMSIM_CLUSTER or .ramsim/cluster.json)")
+        p.add_argument("--access-key-id", help="act as this AccessKey (default: the account root)")
+        p.add_argument("--access-key-secret", help="secret of --access-key-id")
+        p.add_argument("--security-token", help="STS SecurityToken, with an STS. AccessKeyId")
+    return parser
+
+
+def _cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per real second (default 1)")
+    p.add_argument("--credential-lifetime", type=int, default=3600, help="seconds an instance credential lasts (default 3600)")
+    p.add_argument("--refresh-before", type=int, default=1800, help="seconds before expiry that ECS refreshes it (default 1800)")
+
+
+def _params(extra: Sequence[str]) -> dict[str, str]:
+    """``--Name value`` / ``--Name=value`` pairs, as the aliyun CLI takes them."""
+    params: dict[str, str] = {}
+    items = list(extra)
+    while items:
+        token = items.pop(0)
+        if not token.startswith("--") or len(token) < 3:
+            raise SystemExit(f"ramsim: expected --ParameterName value, got {token!r}")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if not items:
+                raise SystemExit(f"ramsim: --{name} needs a value")
+            value = items.pop(0)
+        params[name] = value
+    return params
+
+
+def _fail(code: str, message: str, status: int | None = None) -> int:
+    print(f"ERROR: {code}: {message}" + (f" (HTTP {status})" if status else ""), file=sys.stderr)
+    return 1
+
+
+def _product(args: argparse.Namespace, extra: Sequence[str], parser: argparse.ArgumentParser) -> int:
+    if not args.action:
+        parser.parse_args([args.command, "--help"])
+        return 2
+    target = cluster.load(cluster.locate(args.cluster_file))
+    if bool(args.access_key_id) != bool(args.access_key_secret):
+        return _fail("MissingParameter", "give both --access-key-id and --access-key-secret")
+    credential = api.Credential(args.access_key_id, args.access_key_secret, args.security_token or "") if args.access_key_id \
+        else api.Credential(target.access_key_id, target.access_key_secret)
+    try:
+        answer = api.call(target.gateway_url, args.command, args.action, _params(extra), credential)
+    except api.ApiError as exc:
+        print(json.dumps(exc.body, indent=2), file=sys.stderr)
+        return _fail(exc.code, exc.message, exc.status)
+    except urllib.error.URLError as exc:
+        return _fail("ServiceUnavailable", f"cannot reach the gateway at {target.gateway_url}: {exc.reason}; is `ramsim up` running?")
+    print(json.dumps(answer, indent=2))
+    return 0
+
+
+def instances(target: cluster.ClusterFile) -> list[dict[str, str]]:
+    root = api.Credential(target.access_key_id, target.access_key_secret)
+    endpoints = api.call(target.gateway_url, "ecs", "DescribeInstanceMetadataEndpoints", {}, root)["Endpoints"]
+    urls = {e["InstanceId"]: e for e in endpoints}
+    described = api.call(target.gateway_url, "ecs", "DescribeInstances", {"RegionId": target.region_id, "PageSize": "100"}, root)
+    return [{"InstanceId": i["InstanceId"], "Status": i["Status"], "HostId": urls.get(i["InstanceId"], {}).get("HostId", ""),
+             "MetadataUrl": urls.get(i["InstanceId"], {}).get("Url", "")} for i in described["Instances"]["Instance"]]
+
+
+def read_metadata(url: str, path: str, token: str | None = None) -> tuple[int, str]:
+    """GET ``path`` from an instance's metadata view; (status, body)."""
+    request = urllib.request.Request(url.rstrip("/") + "/" + path.lstrip("/"))
+    if token:
+        request.add_header("X-aliyun-ecs-metadata-token", token)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback agent
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _metadata(args: argparse.Namespace) -> int:
+    target = cluster.load(cluster.locate(args.cluster_file))
+    url = next((i["MetadataUrl"] for i in instances(target) if i["InstanceId"] == args.instance_id), "")
+    if not url:
+        return _fail("InvalidInstanceId.NotFound", f"no running instance {args.instance_id}; see `ramsim instances`")
+    status, body = read_metadata(url, args.path, args.token)
+    if status != 200:
+        return _fail(str(status), body.strip() or "metadata request failed", status)
+    sys.stdout.write(body + ("\n" if sys.stdout.isatty() else ""))
+    return 0
+
+
+def _options(args: argparse.Namespace, progress: bool) -> up.Options:
+    return up.Options(state_dir=getattr(args, "state_dir", None) or Path(cluster.DEFAULT_STATE_DIR),
+                      cluster_file=args.cluster_file, instances=getattr(args, "instances", 0),
+                      hosts=getattr(args, "hosts", 1), time_scale=args.time_scale,
+                      credential_lifetime=args.credential_lifetime, refresh_before=args.refresh_before,
+                      log_format=getattr(args, "log_format", "json"),
+                      progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    logs.configure(level="warning")  # this process's own bus client: only problems
+    if args.command not in VERSIONS and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "up":
+            return asyncio.run(up.up(_options(args, progress=True)))
+        if args.command == "demo":
+            return demo.run(args.cluster_file, _options(args, progress=True))
+        if args.command == "instances":
+            print(json.dumps(instances(cluster.load(cluster.locate(args.cluster_file))), indent=2))
+            return 0
+        if args.command == "metadata":
+            return _metadata(args)
+        if args.command in VERSIONS:
+            return _product(args, extra, parser)
+    except (cluster.NoCluster, up.UpError) as exc:
+        print(f"ramsim: {exc}", file=sys.stderr)
+        return 2
+    except api.ApiError as exc:
+        return _fail(exc.code, exc.message, exc.status)
+    except KeyboardInterrupt:
+        return 130
+    parser.print_help()
+    return 2
+
+
+def entry() -> None:
+    sys.exit(main())
+
+

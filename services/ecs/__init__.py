@@ -1,0 +1,1 @@
+"""ECS control plane: instances, role attachment, the credential refresh schedule."""

@@ -1,0 +1,3 @@
+from services.ecs.app import main
+
+main()

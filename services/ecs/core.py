@@ -1,0 +1,465 @@
+"""Pure core: the ECS control plane.
+
+Instances are placed on registered metadata hosts; each change to an instance is pushed to its
+host as a complete :class:`InstanceView` (newest ``generation`` wins). A role attached to an
+instance (at RunInstances or later with AttachInstanceRamRole) is checked first (the caller
+needs ``ram:PassRole`` on it; it must trust ``ecs.aliyuncs.com``), then ECS assumes it from STS
+as the ECS service principal and pushes the credential. Each credential is refreshed as a
+timed event ``refresh_before`` seconds before it expires; the old one stays valid until its own
+expiry. Detach removes the role from the view at once.
+
+Instance states (only these transitions exist)::
+
+    Pending --(metadata agent serves the instance)--> Running
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from protocol import errors, ids, topics
+from protocol.envelope import Envelope
+from protocol.errors import Error, error
+from protocol.messages import common, ram, sts
+from protocol.messages import ecs as m
+from protocol.times import iso, parse_iso
+from services.ram import policy
+from services.runtime.effects import Effect, Log, Publish, Reply, Request, dispatch
+
+NAME = "ecs"
+SERVICE_PRINCIPAL = "ecs.aliyuncs.com"
+MAX_INSTANCE_IDS = 100
+RETRY_AFTER = 30.0  # simulated seconds between attempts when STS fails
+
+
+@dataclass
+class InstanceRecord:
+    instance: m.Instance
+    host_id: str
+    private_ip: str
+    mac: str
+    http_tokens: str
+    generation: int = 1
+    role_name: str = ""          # the role attached (serving once credentials exist)
+    role_arn: str = ""
+    session_policy: str = ""
+    attachment: int = 0          # grows with every attach/detach; stale STS replies are ignored
+    credentials: m.InstanceCredentials | None = None
+    due_at: float | None = None  # when to (re)fetch credentials; None while a fetch is in flight
+    endpoint_url: str = ""
+
+
+@dataclass
+class Gate:
+    """A request waiting for RAM's decision (Authorize) or the role (GetRole)."""
+
+    request: Envelope
+    then: Callable[..., list[Effect]]
+
+
+@dataclass
+class AttachOp:
+    request: Envelope
+    role_name: str
+    results: dict[str, m.RamRoleResult]
+    waiting: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Fetch:
+    """An AssumeRole for one instance's credential (first issue or refresh)."""
+
+    instance_id: str
+    attachment: int
+    op: AttachOp | None = None
+
+
+class EcsCore:
+    node_id = NAME
+
+    def __init__(self, *, account_id: str, region_id: str, zone_id: str, credential_lifetime: int,
+                 refresh_before: int, entropy: Callable[[int], bytes]) -> None:
+        self.account_id = account_id
+        self.region_id = region_id
+        self.zone_id = zone_id
+        self.credential_lifetime = credential_lifetime
+        self.refresh_before = refresh_before
+        self._entropy = entropy
+        self.instances: dict[str, InstanceRecord] = {}
+        self.hosts: list[str] = []
+        self._next_host = 0
+        self._table = {
+            m.RegisterHost: self._register_host,
+            m.InstanceEndpointReady: self._endpoint_ready,
+            m.RunInstances: self._api(self._run_instances),
+            m.AttachInstanceRamRole: self._api(self._attach),
+            m.DetachInstanceRamRole: self._api(self._detach),
+            m.DescribeInstances: self._api(self._describe_instances),
+            m.DescribeInstanceRamRole: self._api(self._describe_instance_ram_role),
+            m.DescribeInstanceMetadataEndpoints: self._api(self._describe_endpoints),
+        }
+
+    # -- the Core protocol ----------------------------------------------------------------
+    def subscriptions(self) -> list[str]:
+        return []
+
+    def handle(self, msg: Envelope, now: float) -> list[Effect]:
+        return dispatch(self._table, msg, now, product=NAME)
+
+    def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
+        if isinstance(context, Fetch):
+            return self._fetched(context, body, now)
+        assert isinstance(context, Gate)
+        if isinstance(body, Error):
+            if body.code == "EntityNotExist.Role":
+                body = error("InvalidRamRole.NotFound", "The specified RAMRoleName does not exist.", 404)
+            return [Reply(context.request, body)]
+        return context.then(body, now)
+
+    def on_timer(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for record in self.instances.values():
+            if record.due_at is not None and record.due_at <= now and record.role_name:
+                effects += self._fetch(record, None)
+        return effects
+
+    def next_deadline(self) -> float | None:
+        return min((r.due_at for r in self.instances.values() if r.due_at is not None and r.role_name), default=None)
+
+    # -- metadata hosts -------------------------------------------------------------------
+    def _register_host(self, msg: Envelope, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.RegisterHost)
+        if body.host_id not in self.hosts:
+            self.hosts.append(body.host_id)
+        views = [self.view(r) for r in self.instances.values() if r.host_id == body.host_id]
+        return [Reply(msg, m.RegisterHostOk(instances=views)),
+                Log("host_registered", "info", {"host_id": body.host_id, "instances": len(views)})]
+
+    def _endpoint_ready(self, msg: Envelope, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.InstanceEndpointReady)
+        record = self.instances.get(body.instance_id)
+        if record is None or record.host_id != body.host_id:
+            return [Log("endpoint_unknown_instance", "warning", {"instance_id": body.instance_id, "host_id": body.host_id})]
+        record.endpoint_url = body.url
+        if record.instance.status == "Pending":
+            record.instance = replace(record.instance, status="Running")
+            return [Log("instance_running", "info", {"instance_id": body.instance_id, "url": body.url})]
+        return []
+
+    def view(self, r: InstanceRecord) -> m.InstanceView:
+        i = r.instance
+        serving = r.credentials is not None
+        return m.InstanceView(
+            instance_id=i.instance_id, host_id=r.host_id, generation=r.generation, account_id=self.account_id,
+            region_id=i.region_id, zone_id=i.zone_id, host_name=i.host_name, instance_type=i.instance_type,
+            image_id=i.image_id, private_ip=r.private_ip, mac=r.mac, http_tokens=r.http_tokens,
+            ram_role_name=r.role_name if serving else "", credentials=r.credentials)
+
+    def _push(self, record: InstanceRecord) -> Effect:
+        record.generation += 1
+        return Publish(topics.instance(record.host_id, record.instance.instance_id), m.InstanceChanged(view=self.view(record)))
+
+    # -- API plumbing ---------------------------------------------------------------------
+    def _api(self, handler: Callable[[Envelope, float], list[Effect] | Error]) -> Callable[[Envelope, float], list[Effect]]:
+        def run(msg: Envelope, now: float) -> list[Effect]:
+            body = msg.body
+            if getattr(body, "caller", None) is None:
+                return [Reply(msg, errors.no_permission("The request is not authenticated."))]
+            if getattr(body, "region_id", self.region_id) != self.region_id:
+                return [Reply(msg, error("InvalidRegionId.NotFound", f"The specified region does not exist; this cluster serves {self.region_id}.", 404))]
+            result = handler(msg, now)
+            return [Reply(msg, result)] if isinstance(result, Error) else result
+        return run
+
+    def _authorize(self, msg: Envelope, now: float, checks: list[ram.Check], then: Callable[[float], list[Effect]]) -> list[Effect]:
+        """Run ``then`` if the caller may do every check; the account owner always may."""
+        caller = getattr(msg.body, "caller")
+        if caller.identity_type == "Account" and caller.account_id == self.account_id:
+            return then(now)
+
+        def decided(reply: object, now: float) -> list[Effect]:
+            assert isinstance(reply, ram.AuthorizeOk)
+            for check, decision in zip(checks, reply.decisions):
+                if not decision.allowed:
+                    if check.action.lower() == "ram:passrole":
+                        problem = error("InvalidUser.PassRoleForbidden", "The RAM user does not have the privilege to pass a RAM role.", 403)
+                    else:
+                        problem = error("Forbidden.RAM", f"User not authorized to operate on the specified resource: {decision.reason}", 403)
+                    return [Reply(msg, problem), Log("access_denied", "info", {"principal": caller.arn, "action": check.action})]
+            return then(now)
+
+        return [Request("ram", ram.Authorize(principal=caller, checks=checks), Gate(msg, decided), trace_id=msg.trace_id)]
+
+    def _with_ecs_role(self, msg: Envelope, role_name: str, then: Callable[[ram.Role, float], list[Effect]], *, not_ecs_status: int) -> list[Effect]:
+        """Look the role up in RAM; go on only if it trusts ECS."""
+
+        def found(reply: object, now: float) -> list[Effect]:
+            assert isinstance(reply, ram.GetRoleOk)
+            trust = policy.parse(reply.role.assume_role_policy_document, trust=True)
+            if not policy.trusts(trust, "Service", SERVICE_PRINCIPAL):
+                return [Reply(msg, error("InvalidRamRole.NotEcsRole", "The specified ram role is not authorized for ecs, please check your role policy.", not_ecs_status))]
+            return then(reply.role, now)
+
+        return [Request("ram", ram.GetRole(role_name=role_name, caller=self.principal()), Gate(msg, found), trace_id=msg.trace_id)]
+
+    def principal(self) -> common.Principal:
+        return common.Principal(identity_type="Service", account_id=self.account_id, arn=SERVICE_PRINCIPAL,
+                                principal_id=SERVICE_PRINCIPAL)
+
+    def _arn(self, instance_id: str) -> str:
+        return f"acs:ecs:{self.region_id}:{self.account_id}:instance/{instance_id}"
+
+    def _role_arn(self, role_name: str) -> str:
+        return f"acs:ram:*:{self.account_id}:role/{role_name}"
+
+    # -- RunInstances ---------------------------------------------------------------------
+    def _run_instances(self, msg: Envelope, now: float) -> list[Effect] | Error:
+        body = msg.body
+        assert isinstance(body, m.RunInstances)
+        if not 1 <= body.amount <= 100:
+            return errors.invalid_parameter("Amount", "It must be 1-100.")
+        if body.http_tokens not in ("optional", "required"):
+            return error("InvalidHttpTokens.NotSupported", "HttpTokens must be optional or required.")
+        if not self.hosts:
+            return error("OperationDenied.NoStock", "No metadata host is registered to run instances on.", 403)
+        checks = [ram.Check(action="ecs:RunInstances", resource=self._arn("*"))]
+        if body.ram_role_name:
+            checks.append(ram.Check(action="ram:PassRole", resource=self._role_arn(body.ram_role_name)))
+
+        def authorized(now: float) -> list[Effect]:
+            if not body.ram_role_name:
+                return self._launch(msg, None, now)
+            return self._with_ecs_role(msg, body.ram_role_name, lambda role, now: self._launch(msg, role, now), not_ecs_status=401)
+
+        return self._authorize(msg, now, checks, authorized)
+
+    def _launch(self, msg: Envelope, role: ram.Role | None, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.RunInstances)
+        effects: list[Effect] = []
+        launched: list[str] = []
+        for _ in range(body.amount):
+            instance_id = ids.instance_id(self._entropy(20))
+            host_id = self.hosts[self._next_host % len(self.hosts)]
+            self._next_host += 1
+            net = self._entropy(5)
+            record = InstanceRecord(
+                instance=m.Instance(instance_id=instance_id, instance_name=body.instance_name or instance_id, status="Pending",
+                                    region_id=self.region_id, zone_id=body.zone_id or self.zone_id,
+                                    instance_type=body.instance_type, image_id=body.image_id,
+                                    host_name="iZ" + instance_id[2:] + "Z", creation_time=iso(now)[:-4] + "Z"),
+                host_id=host_id, private_ip=f"172.16.{net[0]}.{max(net[1], 2)}",
+                mac="00:16:3e:" + ":".join(f"{b:02x}" for b in net[2:5]), http_tokens=body.http_tokens)
+            self.instances[instance_id] = record
+            launched.append(instance_id)
+            if role is not None:
+                effects += self._bind(record, role, "")
+            effects.append(self._push(record))
+            effects += self._fetch(record, None) if role is not None else []
+        effects.append(Log("instances_launched", "info", {"instance_ids": launched, "role": role.role_name if role else ""}))
+        return [Reply(msg, m.RunInstancesOk(instance_id_sets=m.InstanceIdSets(instance_id_set=launched))), *effects]
+
+    # -- attach / detach ------------------------------------------------------------------
+    def _instance_ids(self, text: str) -> list[str] | Error:
+        try:
+            values = json.loads(text)
+        except ValueError:
+            values = None
+        if not isinstance(values, list) or not values or len(values) > MAX_INSTANCE_IDS or \
+                not all(isinstance(v, str) and v for v in values):
+            return error("InvalidInstanceIds.Malformed", "The specified instanceIds are not valid.")
+        return list(dict.fromkeys(values))
+
+    def _attach(self, msg: Envelope, now: float) -> list[Effect] | Error:
+        body = msg.body
+        assert isinstance(body, m.AttachInstanceRamRole)
+        instance_ids = self._instance_ids(body.instance_ids)
+        if isinstance(instance_ids, Error):
+            return instance_ids
+        if body.policy:
+            try:
+                policy.parse(body.policy)
+            except policy.PolicyError as exc:
+                return error("InvalidParameter.Policy", f"The specified Policy is invalid: {exc}")
+        if not any(i in self.instances for i in instance_ids):
+            return error("InvalidInstanceId.NotFound", "The specified instanceId does not exist", 404)
+        checks = [ram.Check(action="ecs:AttachInstanceRamRole", resource=self._arn(i)) for i in instance_ids]
+        checks.append(ram.Check(action="ram:PassRole", resource=self._role_arn(body.ram_role_name)))
+        return self._authorize(msg, now, checks, lambda now: self._with_ecs_role(
+            msg, body.ram_role_name, lambda role, now: self._bind_all(msg, instance_ids, role, now), not_ecs_status=404))
+
+    def _bind_all(self, msg: Envelope, instance_ids: list[str], role: ram.Role, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.AttachInstanceRamRole)
+        op = AttachOp(msg, role.role_name, {})
+        effects: list[Effect] = []
+        for instance_id in instance_ids:
+            record = self.instances.get(instance_id)
+            if record is None:
+                op.results[instance_id] = m.RamRoleResult(instance_id=instance_id, code="404", message="The specified instanceId does not exist", success=False)
+            elif record.role_name:
+                op.results[instance_id] = m.RamRoleResult(instance_id=instance_id, code="403", success=False,
+                                                          message=f"The instance already has RAM role {record.role_name}; detach it first.")
+            else:
+                effects += self._bind(record, role, body.policy)
+                effects += self._fetch(record, op)
+                op.waiting.add(instance_id)
+        return effects if op.waiting else self._attach_reply(op)
+
+    def _bind(self, record: InstanceRecord, role: ram.Role, session_policy: str) -> list[Effect]:
+        record.role_name, record.role_arn, record.session_policy = role.role_name, role.arn, session_policy
+        record.attachment += 1
+        record.credentials = None
+        return []
+
+    def _attach_reply(self, op: AttachOp) -> list[Effect]:
+        results = [op.results[i] for i in op.results]
+        failed = sum(1 for r in results if not r.success)
+        reply = m.AttachInstanceRamRoleOk(total_count=len(results), fail_count=failed, ram_role_name=op.role_name,
+                                          attach_instance_ram_role_results=m.AttachResults(attach_instance_ram_role_result=results))
+        return [Reply(op.request, reply)]
+
+    def _detach(self, msg: Envelope, now: float) -> list[Effect] | Error:
+        body = msg.body
+        assert isinstance(body, m.DetachInstanceRamRole)
+        instance_ids = self._instance_ids(body.instance_ids)
+        if isinstance(instance_ids, Error):
+            return instance_ids
+        if not any(i in self.instances for i in instance_ids):
+            return error("InvalidInstanceId.NotFound", "The specified instanceId does not exist", 404)
+        checks = [ram.Check(action="ecs:DetachInstanceRamRole", resource=self._arn(i)) for i in instance_ids]
+        return self._authorize(msg, now, checks, lambda now: self._unbind_all(msg, instance_ids))
+
+    def _unbind_all(self, msg: Envelope, instance_ids: list[str]) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.DetachInstanceRamRole)
+        results: list[m.RamRoleResult] = []
+        effects: list[Effect] = []
+        for instance_id in instance_ids:
+            record = self.instances.get(instance_id)
+            if record is None:
+                results.append(m.RamRoleResult(instance_id=instance_id, code="404", message="The specified instanceId does not exist", success=False))
+            elif not record.role_name or (body.ram_role_name and body.ram_role_name != record.role_name):
+                results.append(m.RamRoleResult(instance_id=instance_id, code="404", success=False,
+                                               message=f"The instance has no RAM role {body.ram_role_name}".strip() + " attached."))
+            else:
+                detached = record.role_name
+                record.role_name = record.role_arn = record.session_policy = ""
+                record.attachment += 1
+                record.credentials = None
+                record.due_at = None
+                effects.append(self._push(record))
+                effects.append(Publish(topics.event(NAME, "RoleDetachedFromInstance"),
+                                       m.RoleDetachedFromInstance(instance_id=instance_id, ram_role_name=detached)))
+                results.append(m.RamRoleResult(instance_id=instance_id, code="200", message="Success", success=True))
+        failed = sum(1 for r in results if not r.success)
+        reply = m.DetachInstanceRamRoleOk(total_count=len(results), fail_count=failed, ram_role_name=body.ram_role_name,
+                                          detach_instance_ram_role_results=m.DetachResults(detach_instance_ram_role_result=results))
+        return [Reply(msg, reply), *effects]
+
+    # -- credentials ----------------------------------------------------------------------
+    def _fetch(self, record: InstanceRecord, op: AttachOp | None) -> list[Effect]:
+        record.due_at = None
+        assume = sts.AssumeRole(role_arn=record.role_arn.replace(":ram:*:", ":ram::"),
+                                role_session_name=record.instance.instance_id,
+                                duration_seconds=self.credential_lifetime, policy=record.session_policy,
+                                caller=self.principal())
+        return [Request("sts", assume, Fetch(record.instance.instance_id, record.attachment, op))]
+
+    def _fetched(self, fetch: Fetch, body: object, now: float) -> list[Effect]:
+        record = self.instances.get(fetch.instance_id)
+        current = record is not None and record.attachment == fetch.attachment and bool(record.role_name)
+        effects: list[Effect] = []
+        if not current or record is None:
+            effects.append(Log("credential_discarded", "info", {"instance_id": fetch.instance_id}))
+            ok = False
+        elif isinstance(body, sts.AssumeRoleOk):
+            c = body.credentials
+            expires_at = parse_iso(c.expiration)
+            first = record.credentials is None
+            record.credentials = m.InstanceCredentials(access_key_id=c.access_key_id, access_key_secret=c.access_key_secret,
+                                                       security_token=c.security_token, expiration=expires_at, last_updated=now)
+            refresh_at = expires_at - self.refresh_before
+            record.due_at = refresh_at if refresh_at > now else now + (expires_at - now) / 2
+            effects.append(self._push(record))
+            if first:
+                effects.append(Publish(topics.event(NAME, "RoleAttachedToInstance"),
+                                       m.RoleAttachedToInstance(instance_id=fetch.instance_id, ram_role_name=record.role_name)))
+            effects.append(Publish(topics.event(NAME, "InstanceCredentialsRefreshed"),
+                                   m.InstanceCredentialsRefreshed(instance_id=fetch.instance_id, ram_role_name=record.role_name,
+                                                                  access_key_id=c.access_key_id, expiration=expires_at)))
+            ok = True
+        else:
+            reason = body.message if isinstance(body, Error) else type(body).__name__
+            record.due_at = now + RETRY_AFTER
+            effects.append(Log("credential_fetch_failed", "warning", {"instance_id": fetch.instance_id, "reason": reason}))
+            if fetch.op is not None:  # a failed first issue undoes the attachment
+                record.role_name = record.role_arn = record.session_policy = ""
+                record.attachment += 1
+                record.due_at = None
+            ok = False
+        if fetch.op is not None:
+            op = fetch.op
+            op.waiting.discard(fetch.instance_id)
+            message = "success" if ok else (body.message if isinstance(body, Error) else "the role could not be assumed")
+            op.results[fetch.instance_id] = m.RamRoleResult(instance_id=fetch.instance_id, code="200" if ok else "403",
+                                                            message=message, success=ok)
+            if not op.waiting:
+                effects += self._attach_reply(op)
+        return effects
+
+    # -- queries --------------------------------------------------------------------------
+    def _selected(self, text: str) -> list[InstanceRecord] | Error:
+        if not text:
+            return list(self.instances.values())
+        wanted = self._instance_ids(text)
+        if isinstance(wanted, Error):
+            return wanted
+        return [self.instances[i] for i in wanted if i in self.instances]
+
+    def _describe_instances(self, msg: Envelope, now: float) -> list[Effect] | Error:
+        body = msg.body
+        assert isinstance(body, m.DescribeInstances)
+        if not 1 <= body.page_size <= 100 or body.page_number < 1:
+            return errors.invalid_parameter("PageSize", "PageSize must be 1-100 and PageNumber at least 1.")
+        selected = self._selected(body.instance_ids)
+        if isinstance(selected, Error):
+            return selected
+
+        def reply(now: float) -> list[Effect]:
+            start = (body.page_number - 1) * body.page_size
+            page = [r.instance for r in selected[start:start + body.page_size]]  # type: ignore[index]
+            return [Reply(msg, m.DescribeInstancesOk(instances=m.InstanceList(instance=page), total_count=len(selected),  # type: ignore[arg-type]
+                                                     page_number=body.page_number, page_size=body.page_size))]
+
+        return self._authorize(msg, now, [ram.Check(action="ecs:DescribeInstances", resource=self._arn("*"))], reply)
+
+    def _describe_instance_ram_role(self, msg: Envelope, now: float) -> list[Effect] | Error:
+        body = msg.body
+        assert isinstance(body, m.DescribeInstanceRamRole)
+        if not body.instance_ids and not body.ram_role_name:
+            return errors.missing_parameter("InstanceIds")
+        selected = self._selected(body.instance_ids)
+        if isinstance(selected, Error):
+            return selected
+        sets = [m.InstanceRamRole(instance_id=r.instance.instance_id, ram_role_name=r.role_name)
+                for r in selected if r.role_name and (not body.ram_role_name or r.role_name == body.ram_role_name)]
+
+        def reply(now: float) -> list[Effect]:
+            return [Reply(msg, m.DescribeInstanceRamRoleOk(region_id=self.region_id, total_count=len(sets),
+                                                           instance_ram_role_sets=m.InstanceRamRoleSets(instance_ram_role_set=sets)))]
+
+        return self._authorize(msg, now, [ram.Check(action="ecs:DescribeInstanceRamRole", resource=self._arn("*"))], reply)
+
+    def _describe_endpoints(self, msg: Envelope, now: float) -> list[Effect] | Error:
+        endpoints = [m.MetadataEndpoint(instance_id=i, host_id=r.host_id, url=r.endpoint_url)
+                     for i, r in self.instances.items() if r.endpoint_url]
+
+        def reply(now: float) -> list[Effect]:
+            return [Reply(msg, m.DescribeInstanceMetadataEndpointsOk(endpoints=endpoints))]
+
+        return self._authorize(msg, now, [ram.Check(action="ecs:DescribeInstances", resource=self._arn("*"))], reply)

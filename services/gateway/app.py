@@ -1,0 +1,91 @@
+"""I/O shell: the gateway process: an aiohttp server and a bus client."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from typing import Sequence
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from protocol.errors import Error
+from protocol.messages.common import AuthenticateOk
+from services.gateway import core
+from services.runtime import logs
+from services.runtime.bus import BusError
+from services.runtime.client import BusClient
+from services.runtime.mqtt_bus import MqttBus
+from services.runtime.service import clock_for
+from services.runtime.settings import Settings
+
+NAME = "gateway"
+MAX_BODY = 64 * 1024
+log = structlog.get_logger(NAME)
+
+
+def make_app(client: BusClient, settings: Settings) -> web.Application:
+    async def call(request: web.Request) -> web.Response:
+        request_id = str(uuid.uuid4()).upper()
+        pairs = list(request.query.items())
+        if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
+            pairs += list((await request.post()).items())  # type: ignore[arg-type]
+        parsed = core.parse(request.method, [(k, str(v)) for k, v in pairs])
+        product = parsed.product if isinstance(parsed, core.Call) else "gateway"
+        if isinstance(parsed, Error):
+            return respond(parsed, request_id, product)
+        trace_id = request_id.replace("-", "")[:16].lower()
+        who = await client.request(core.verifier(parsed.credential.access_key_id), parsed.credential,
+                                   timeout=settings.request_timeout, trace_id=trace_id)
+        if not isinstance(who, AuthenticateOk):
+            log.info("request_unauthenticated", action=type(parsed.command).__name__,
+                     code=who.code if isinstance(who, Error) else type(who).__name__)
+            return respond(who, request_id, product)
+        command = msgspec.structs.replace(parsed.command, caller=who.principal)  # type: ignore[type-var]
+        reply = await client.request(parsed.product, command, timeout=settings.request_timeout, trace_id=trace_id)
+        log.info("request_served", action=type(command).__name__, principal=who.principal.arn,
+                 outcome=reply.code if isinstance(reply, Error) else "ok")
+        return respond(reply, request_id, product)
+
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_route("GET", "/", call)
+    app.router.add_route("POST", "/", call)
+    return app
+
+
+def respond(body: object, request_id: str, product: str) -> web.Response:
+    status, data = core.render(body, request_id, product)  # type: ignore[arg-type]
+    return web.json_response(data, status=status)
+
+
+async def serve(settings: Settings) -> None:
+    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{NAME}")
+    client = await BusClient(bus, NAME, clock_for(settings)).start()
+    runner = web.AppRunner(make_app(client, settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    log.info("service_ready", node=NAME, url=f"http://{settings.http_host}:{port}")
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await bus.close()
+        log.info("service_stopped", node=NAME)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = Settings.parse(argv, prog="python -m services.gateway",
+                              description="Gateway: Alibaba RPC-style OpenAPI (ram, sts, ecs) over HTTP.")
+    logs.configure(fmt=settings.log_format, level=settings.log_level, service=NAME)
+    try:
+        asyncio.run(serve(settings))
+    except BusError as exc:
+        log.error("broker_unreachable", error=str(exc))
+        raise SystemExit(2) from None

@@ -1,0 +1,3 @@
+from services.metadata.app import main
+
+main()

@@ -1,0 +1,41 @@
+"""I/O shell: the metadata agent process for one simulated host."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator, Sequence
+
+from protocol.messages import ecs
+from services.metadata.core import MetadataCore
+from services.metadata.http import Listeners
+from services.runtime import service
+from services.runtime.driver import Driver
+from services.runtime.entropy import Entropy
+from services.runtime.settings import Settings
+
+DESCRIPTION = "Metadata agent: serves 100.100.100.200 for the instances of one simulated host."
+
+
+def build(settings: Settings, entropy: Entropy) -> MetadataCore:
+    return MetadataCore(host_id=settings.host_id, token_key=entropy.token_bytes(32))
+
+
+@contextlib.asynccontextmanager
+async def http_listeners(driver: Driver, settings: Settings) -> AsyncIterator[None]:
+    core = driver.core
+    assert isinstance(core, MetadataCore)
+
+    async def announce(instance_id: str, url: str) -> None:
+        await driver.endpoint.send("ecs", ecs.InstanceEndpointReady(instance_id=instance_id, host_id=core.host_id, url=url))
+
+    listeners = Listeners(core, driver.clock, settings.http_host, announce)
+    driver.after_step = listeners.reconcile
+    try:
+        yield
+    finally:
+        await listeners.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = Settings.parse(argv, prog="python -m services.metadata", description=DESCRIPTION)
+    service.main(f"metadata-{settings.host_id}", DESCRIPTION, build, [http_listeners], settings=settings)

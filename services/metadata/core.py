@@ -1,0 +1,182 @@
+"""Pure core: the metadata agent of one simulated host.
+
+It keeps the newest :class:`InstanceView` of every instance ECS placed on the host (views
+arrive as bus events, never by restart) and answers metadata reads from them with
+:func:`MetadataCore.read`. On start it registers with ECS and receives every view it should
+hold, so a restarted agent serves the right credentials before anything else.
+
+HTTP rules (Alibaba's, see ``../shared/reference/alibaba.md`` section 2): scalar items and the
+role listing have no trailing newline; the ``ram`` path segment matches case-insensitively;
+no role (or a wrong role name) is 404; hardened mode uses ``PUT /latest/api/token`` with
+``X-aliyun-ecs-metadata-token-ttl-seconds`` (1-21600) and ``X-aliyun-ecs-metadata-token``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+from protocol import topics
+from protocol.envelope import Envelope
+from protocol.errors import Error
+from protocol.messages import ecs as m
+from protocol.times import iso
+from services.runtime.effects import Effect, Log, Request, dispatch
+
+TOKEN_TTL_HEADER = "x-aliyun-ecs-metadata-token-ttl-seconds"
+TOKEN_HEADER = "x-aliyun-ecs-metadata-token"
+MAX_TOKEN_TTL = 21600
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: str
+    content_type: str = "text/plain"
+
+
+NOT_FOUND = Answer(404, "Not Found")
+
+
+class MetadataCore:
+    def __init__(self, *, host_id: str, token_key: bytes) -> None:
+        self.host_id = host_id
+        self.node_id = f"metadata-{host_id}"
+        self._token_key = token_key
+        self.views: dict[str, m.InstanceView] = {}
+        self.registered = 0  # how many times ECS answered RegisterHost (re-announce endpoints each time)
+        self._registering = False
+        self._table = {m.InstanceChanged: self._instance_changed}
+
+    # -- the Core protocol ----------------------------------------------------------------
+    def subscriptions(self) -> list[str]:
+        return [topics.host_instances(self.host_id)]
+
+    def handle(self, msg: Envelope, now: float) -> list[Effect]:
+        return dispatch(self._table, msg, now, product="metadata")
+
+    def on_timer(self, now: float) -> list[Effect]:
+        if self.registered or self._registering:
+            return []
+        self._registering = True
+        return [Request("ecs", m.RegisterHost(host_id=self.host_id), "register")]
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
+        self._registering = False
+        if isinstance(body, m.RegisterHostOk):
+            for view in body.instances:
+                self._apply(view)
+            self.registered += 1
+            return [Log("host_registered", "info", {"instances": len(body.instances)})]
+        reason = body.message if isinstance(body, Error) else type(body).__name__
+        # Not registered yet: ask again (a timeout already paced this attempt).
+        return [Log("register_failed", "warning", {"reason": reason}), *self.on_timer(now)]
+
+    def _instance_changed(self, msg: Envelope, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.InstanceChanged)
+        view = body.view
+        if view.host_id != self.host_id:
+            return [Log("view_for_other_host", "warning", {"instance_id": view.instance_id, "host_id": view.host_id})]
+        applied = self._apply(view)
+        return [Log("instance_view_applied" if applied else "instance_view_stale", "info",
+                    {"instance_id": view.instance_id, "generation": view.generation, "role": view.ram_role_name})]
+
+    def _apply(self, view: m.InstanceView) -> bool:
+        current = self.views.get(view.instance_id)
+        if current is not None and current.generation >= view.generation:
+            return False
+        self.views[view.instance_id] = view
+        return True
+
+    def serving(self) -> set[str]:
+        """The instances whose metadata view should be listening."""
+        return {i for i, v in self.views.items() if not v.deleted}
+
+    # -- HTTP -----------------------------------------------------------------------------
+    def read(self, instance_id: str, method: str, path: str, headers: Mapping[str, str], now: float) -> Answer:
+        """Answer one metadata request. ``headers`` keys are lower-case."""
+        view = self.views.get(instance_id)
+        if view is None or view.deleted:
+            return NOT_FOUND
+        path = "/" + path.split("/", 3)[3] if path.startswith("http://") else path
+        if path == "/latest/api/token":
+            return self._issue_token(view, method, headers, now) if method == "PUT" else Answer(405, "Method Not Allowed")
+        if method not in ("GET", "HEAD"):
+            return Answer(405, "Method Not Allowed")
+        token = headers.get(TOKEN_HEADER)
+        if token is not None and not self._token_valid(view, token, now):
+            return Answer(401, "Unauthorized: invalid or expired metadata token")
+        if token is None and view.http_tokens == "required":
+            return Answer(401, "Unauthorized: this instance requires a metadata token (HttpTokens=required)")
+        if not path.startswith("/latest/"):
+            return NOT_FOUND
+        return self._item(view, path[len("/latest/"):], now)
+
+    def _item(self, view: m.InstanceView, path: str, now: float) -> Answer:
+        parts = path.split("/")
+        if len(parts) >= 2 and parts[0] == "meta-data" and parts[1].lower() == "ram":
+            parts[1] = "ram"
+        tree = self._tree(view, now)
+        key = "/".join(parts)
+        if key in tree:
+            return Answer(200, tree[key], "application/json" if tree[key].startswith("{") else "text/plain")
+        prefix = key if key.endswith("/") or not key else key + "/"
+        if key.endswith("/") or not key:
+            children = sorted({k[len(prefix):].split("/")[0] + ("/" if "/" in k[len(prefix):] else "")
+                               for k in tree if k.startswith(prefix) and k != prefix})
+            if children:
+                # the role listing is the bare role name, no trailing newline
+                return Answer(200, "\n".join(children))
+        return NOT_FOUND
+
+    def _tree(self, view: m.InstanceView, now: float) -> dict[str, str]:
+        md = {
+            "instance-id": view.instance_id, "region-id": view.region_id, "zone-id": view.zone_id,
+            "hostname": view.host_name, "private-ipv4": view.private_ip, "mac": view.mac,
+            "instance/instance-type": view.instance_type, "image-id": view.image_id,
+            "owner-account-id": view.account_id, "network-type": "vpc",
+        }
+        tree = {f"meta-data/{k}": v for k, v in md.items()}
+        identity = {"zone-id": view.zone_id, "serial-number": view.instance_id, "instance-id": view.instance_id,
+                    "region-id": view.region_id, "private-ipv4": view.private_ip, "owner-account-id": view.account_id,
+                    "mac": view.mac, "image-id": view.image_id, "instance-type": view.instance_type}
+        tree["dynamic/instance-identity/document"] = json.dumps(identity, separators=(",", ":"))
+        if view.ram_role_name and view.credentials is not None:
+            c = view.credentials
+            tree[f"meta-data/ram/security-credentials/{view.ram_role_name}"] = json.dumps({
+                "AccessKeyId": c.access_key_id, "AccessKeySecret": c.access_key_secret,
+                "Expiration": iso(c.expiration), "SecurityToken": c.security_token,
+                "LastUpdated": iso(c.last_updated), "Code": "Success",
+            }, indent=2)
+        return tree
+
+    # -- hardened mode tokens -------------------------------------------------------------
+    def _issue_token(self, view: m.InstanceView, method: str, headers: Mapping[str, str], now: float) -> Answer:
+        if "x-forwarded-for" in headers:
+            return Answer(403, "Forbidden: token requests may not carry X-Forwarded-For")
+        try:
+            ttl = int(headers.get(TOKEN_TTL_HEADER, ""))
+        except ValueError:
+            ttl = 0
+        if not 1 <= ttl <= MAX_TOKEN_TTL:
+            return Answer(400, f"Bad Request: {TOKEN_TTL_HEADER} must be 1-{MAX_TOKEN_TTL}")
+        claim = f"{view.instance_id}|{int(now) + ttl}"
+        mac = hmac.new(self._token_key, claim.encode(), hashlib.sha256).digest()[:16]
+        return Answer(200, base64.urlsafe_b64encode(claim.encode() + b"|" + mac).decode())
+
+    def _token_valid(self, view: m.InstanceView, token: str, now: float) -> bool:
+        try:
+            raw = base64.urlsafe_b64decode(token.encode())
+            instance_id, expires, mac = raw.split(b"|", 2)
+            expected = hmac.new(self._token_key, instance_id + b"|" + expires, hashlib.sha256).digest()[:16]
+            return hmac.compare_digest(mac, expected) and instance_id.decode() == view.instance_id and int(expires) > now
+        except (ValueError, TypeError):
+            return False

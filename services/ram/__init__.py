@@ -1,0 +1,1 @@
+"""RAM: identities, roles, policies, and the decisions everyone asks for."""

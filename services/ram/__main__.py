@@ -1,0 +1,3 @@
+from services.ram.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The runtime every service shares: bus, driver, clock, logs, settings, signing."""

@@ -1,0 +1,31 @@
+"""I/O shell: the ``Bus`` interface both transports implement.
+
+Contract (checked by ``tests/services/runtime/test_bus_contract.py`` against both):
+
+* ``subscribe(filter, handler)`` returns once the subscription is active; a message published
+  afterwards to a matching topic reaches ``handler(topic, payload)``.
+* Delivery is at-least-once (QoS 1); a message is acknowledged only after every matching
+  handler has returned, so a crash mid-handling leads to redelivery, never loss.
+* A handler that raises is logged; the bus keeps delivering.
+* Messages from one publisher to one topic arrive in order.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Protocol
+
+Handler = Callable[[str, bytes], Awaitable[None]]
+
+
+class Bus(Protocol):
+    client_id: str
+
+    async def subscribe(self, topic_filter: str, handler: Handler) -> None: ...
+
+    async def publish(self, topic: str, payload: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class BusError(Exception):
+    """The transport failed in a way the caller must see (cannot connect, subscribe refused)."""

@@ -1,0 +1,118 @@
+"""I/O shell: a node's address on the bus, and request/response for code that is not a core.
+
+:class:`Endpoint` stamps envelopes (msg ids unique per sender, trace ids, send time) and
+publishes them; the driver of a core and :class:`BusClient` both use it. :class:`BusClient`
+is for shells that await answers directly (the gateway, ``ramsim up``, tests): replies are
+matched to requests by ``in_reply_to``, and a request without a reply in time gets an
+indefinite :func:`protocol.errors.timeout` error, never a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Callable
+
+import msgspec
+import structlog
+
+from protocol import codec, errors, topics
+from protocol.base import Message
+from protocol.envelope import Envelope
+from protocol.errors import ProtocolError
+from protocol.messages.common import Ping, PingOk
+from services.runtime.bus import Bus
+from services.runtime.clock import Clock
+from services.runtime.entropy import Entropy, SystemEntropy
+
+log = structlog.get_logger("bus_client")
+
+
+class _Header(msgspec.Struct):
+    """Just enough of an envelope to answer one whose body is unreadable."""
+
+    src: str
+    msg_id: int
+    trace_id: str = ""
+
+
+_header_decoder = msgspec.msgpack.Decoder(_Header)
+
+
+def reply_address(payload: bytes) -> _Header | None:
+    """The sender and msg id of a message that failed to decode, if those parts are readable."""
+    try:
+        return _header_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+class Endpoint:
+    def __init__(self, bus: Bus, node_id: str, clock: Clock, entropy: Entropy | None = None) -> None:
+        self.bus = bus
+        self.node_id = node_id
+        self.clock = clock
+        self._entropy = entropy or SystemEntropy()
+        # Start msg ids at a random point so a restarted node does not reuse recent ids.
+        self._ids = itertools.count(int.from_bytes(self._entropy.token_bytes(6), "big") << 8)
+
+    def new_trace_id(self) -> str:
+        return self._entropy.token_bytes(8).hex()
+
+    def envelope(self, dest: str, body: Message, *, in_reply_to: int | None = None, trace_id: str = "") -> Envelope:
+        return Envelope(src=self.node_id, dest=dest, msg_id=next(self._ids), body=body,
+                        in_reply_to=in_reply_to, trace_id=trace_id, sent_at=self.clock.now())
+
+    async def send(self, dest: str, body: Message, *, trace_id: str = "", in_reply_to: int | None = None) -> Envelope:
+        env = self.envelope(dest, body, in_reply_to=in_reply_to, trace_id=trace_id)
+        await self.bus.publish(topics.node(dest), codec.encode(env))
+        return env
+
+    async def publish(self, topic: str, body: Message, *, trace_id: str = "") -> Envelope:
+        env = self.envelope("*", body, trace_id=trace_id)
+        await self.bus.publish(topic, codec.encode(env))
+        return env
+
+    async def reply(self, request: Envelope | _Header, body: Message) -> None:
+        await self.send(request.src, body, trace_id=request.trace_id, in_reply_to=request.msg_id)
+
+
+class BusClient(Endpoint):
+    """Request/response over the bus for shells that are not cores."""
+
+    def __init__(self, bus: Bus, node_id: str, clock: Clock, *, on_message: Callable[[Envelope], None] | None = None) -> None:
+        super().__init__(bus, node_id, clock)
+        self._waiting: dict[int, asyncio.Future[Message]] = {}
+        self._started_at = clock.now()
+        self._on_message = on_message
+
+    async def start(self) -> "BusClient":
+        await self.bus.subscribe(topics.node(self.node_id), self._receive)
+        return self
+
+    async def request(self, dest: str, body: Message, *, timeout: float = 5.0, trace_id: str = "") -> Message:
+        """Send ``body`` to ``dest`` and return its reply body (an ``Error`` is returned, not raised)."""
+        env = self.envelope(dest, body, trace_id=trace_id or self.new_trace_id())
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[env.msg_id] = future
+        try:
+            await self.bus.publish(topics.node(dest), codec.encode(env))
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return errors.timeout(dest)
+        finally:
+            self._waiting.pop(env.msg_id, None)
+
+    async def _receive(self, topic: str, payload: bytes) -> None:
+        try:
+            env = codec.decode(payload)
+        except ProtocolError as exc:
+            log.warning("message_malformed", topic=topic, field=exc.field, reason=exc.reason)
+            return
+        future = self._waiting.get(env.in_reply_to) if env.in_reply_to is not None else None
+        if isinstance(env.body, Ping):
+            await self.reply(env, PingOk(node=self.node_id, started_at=self._started_at))
+        elif future is not None and not future.done():
+            future.set_result(env.body)
+        elif self._on_message is not None:
+            self._on_message(env)

@@ -1,0 +1,164 @@
+"""I/O shell: the bus over a real MQTT broker, on gmqtt. The only module that imports gmqtt.
+
+* MQTT 5, QoS 1, persistent session (``clean_session=False`` and an unbounded session expiry),
+  so messages published while this client is away are kept by the broker for it.
+* Manual acknowledgement (``optimistic_acknowledgement=False``): gmqtt sends the PUBACK when
+  ``on_message`` returns, and ours returns only after every handler finished. A crash while
+  handling therefore means redelivery, never loss.
+* Handlers run one message at a time, in arrival order (one pump task per client).
+* gmqtt reconnects by itself but does not re-subscribe: when the broker answers
+  ``session_present=0`` (it lost our session) we subscribe again to everything.
+* TCP_NODELAY on the socket: without it a QoS 1 round trip costs ~88 ms instead of < 1 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.parse
+
+import gmqtt
+import structlog
+
+from protocol.topics import matches
+from services.runtime.bus import BusError, Handler
+
+log = structlog.get_logger("mqtt_bus")
+
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+def parse_url(url: str) -> tuple[str, int, str | None, str | None]:
+    """``mqtt://[user[:password]@]host[:port]`` -> (host, port, user, password)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise BusError(f"broker URL must look like mqtt://host:port, got {url!r}")
+    return parts.hostname, parts.port or 1883, parts.username, parts.password
+
+
+class MqttBus:
+    def __init__(self, url: str, client_id: str, *, persistent: bool = True, reconnect_delay: float = 0.5) -> None:
+        self.client_id = client_id
+        self.url = url
+        self._handlers: list[tuple[str, Handler]] = []
+        self._inbox: asyncio.Queue[tuple[str, bytes, asyncio.Future[None]]] = asyncio.Queue()
+        self._pending_subacks: dict[int, asyncio.Future[None]] = {}
+        self._connected = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self.reconnects = 0
+        kwargs = {"session_expiry_interval": SESSION_NEVER_EXPIRES} if persistent else {}
+        self._client = gmqtt.Client(client_id, clean_session=not persistent, optimistic_acknowledgement=False, **kwargs)
+        self._client.set_config({"reconnect_retries": -1, "reconnect_delay": reconnect_delay})
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._first_connect = True
+
+    @classmethod
+    async def connect(cls, url: str, client_id: str, *, persistent: bool = True, timeout: float = 10.0) -> "MqttBus":
+        bus = cls(url, client_id, persistent=persistent)
+        host, port, user, password = parse_url(url)
+        if user:
+            bus._client.set_auth_credentials(user, password)
+        bus._pump = asyncio.get_running_loop().create_task(bus._deliver(), name=f"mqtt-bus:{client_id}")
+        try:
+            await asyncio.wait_for(bus._client.connect(host, port, version=gmqtt.constants.MQTTv50), timeout)
+        except (OSError, asyncio.TimeoutError, gmqtt.mqtt.handler.MQTTConnectError) as exc:
+            bus._pump.cancel()
+            raise BusError(f"cannot connect to MQTT broker at {host}:{port}: {exc!r}") from exc
+        bus._set_nodelay()
+        return bus
+
+    async def __aenter__(self) -> "MqttBus":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.is_connected
+
+    async def subscribe(self, topic_filter: str, handler: Handler, *, timeout: float = 10.0) -> None:
+        self._handlers.append((topic_filter, handler))
+        await self._subscribe(topic_filter, timeout)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        self._client.publish(topic, payload, qos=1, retain=False)
+
+    async def close(self) -> None:
+        try:
+            if self._client.is_connected:
+                await self._client.disconnect()
+            else:
+                self._client.stop_reconnect()
+        finally:
+            if self._pump is not None:
+                self._pump.cancel()
+                try:
+                    await self._pump
+                except asyncio.CancelledError:
+                    pass
+
+    # -- internals ------------------------------------------------------------------------
+    async def _subscribe(self, topic_filter: str, timeout: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        mid = self._client.subscribe(topic_filter, qos=1)
+        self._pending_subacks[mid] = future
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise BusError(f"no SUBACK for {topic_filter!r} within {timeout}s") from None
+        finally:
+            self._pending_subacks.pop(mid, None)
+
+    def _set_nodelay(self) -> None:
+        connection = getattr(self._client, "_connection", None)
+        transport = getattr(connection, "_transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_connect(self, client: gmqtt.Client, flags: int, rc: int, properties: dict) -> None:
+        self._set_nodelay()
+        if self._first_connect:
+            self._first_connect = False
+            return
+        self.reconnects += 1
+        log.info("broker_reconnected", client_id=self.client_id, session_present=bool(flags))
+        if not flags:  # the broker lost our session: subscribe again (gmqtt does not)
+            for topic_filter in {f for f, _ in self._handlers}:
+                client.subscribe(topic_filter, qos=1)
+
+    def _on_disconnect(self, client: gmqtt.Client, packet: object, exc: object = None) -> None:
+        log.info("broker_disconnected", client_id=self.client_id)
+
+    def _on_subscribe(self, client: gmqtt.Client, mid: int, qos: tuple[int, ...], properties: dict) -> None:
+        future = self._pending_subacks.get(mid)
+        if future is None or future.done():
+            return
+        if any(q >= 128 for q in qos):
+            future.set_exception(BusError(f"subscription refused by broker (codes {qos})"))
+        else:
+            future.set_result(None)
+
+    async def _on_message(self, client: gmqtt.Client, topic: str, payload: bytes, qos: int, properties: dict) -> int:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait((topic, payload, done))
+        await done  # PUBACK goes out when this returns: after the handlers ran
+        return 0
+
+    async def _deliver(self) -> None:
+        while True:
+            topic, payload, done = await self._inbox.get()
+            try:
+                for topic_filter, handler in list(self._handlers):
+                    if matches(topic_filter, topic):
+                        try:
+                            await handler(topic, payload)
+                        except Exception:
+                            log.exception("handler_failed", topic=topic, client_id=self.client_id)
+            finally:
+                if not done.done():
+                    done.set_result(None)

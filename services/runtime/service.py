@@ -1,0 +1,76 @@
+"""I/O shell: the common life of a service process.
+
+``main(name, description, build)`` parses settings, sets up logs, connects to the broker as
+node ``name``, builds the core, enters the service's extra shells (async context managers such
+as HTTP servers, given the driver) and runs the driver until SIGINT/SIGTERM. Shutdown is
+ordered: stop the driver, leave the shells (closing their servers), disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from contextlib import AbstractAsyncContextManager
+from typing import Callable, Sequence
+
+import structlog
+
+from services.runtime import logs
+from services.runtime.bus import BusError
+from services.runtime.clock import ScaledClock
+from services.runtime.driver import Driver
+from services.runtime.effects import Core
+from services.runtime.entropy import Entropy, SystemEntropy
+from services.runtime.mqtt_bus import MqttBus
+from services.runtime.settings import Settings
+
+BuildCore = Callable[[Settings, Entropy], Core]
+Shell = Callable[[Driver, Settings], AbstractAsyncContextManager[None]]
+
+
+def clock_for(settings: Settings) -> ScaledClock:
+    return ScaledClock(settings.time_scale, settings.time_origin or None)
+
+
+async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequence[Shell] = ()) -> None:
+    log = structlog.get_logger(node_id)
+    entropy = SystemEntropy()
+    core = build(settings, entropy)
+    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{node_id}")
+    driver = Driver(core, bus, clock_for(settings), entropy, request_timeout=settings.request_timeout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for shell in shells:
+                await stack.enter_async_context(shell(driver, settings))
+            await driver.start()
+            log.info("service_ready", node=node_id, broker=settings.broker_url.split("@")[-1])
+            running = asyncio.create_task(driver.run(), name=f"{node_id}:driver")
+            stopped = asyncio.create_task(stop.wait(), name=f"{node_id}:signals")
+            await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            log.info("service_stopping", node=node_id)
+            for task in (running, stopped):
+                task.cancel()
+            await asyncio.gather(running, stopped, return_exceptions=True)
+            if running.done() and not running.cancelled() and running.exception() is not None:
+                raise running.exception()  # type: ignore[misc]
+    finally:
+        with contextlib.suppress(Exception):
+            await bus.close()
+        log.info("service_stopped", node=node_id)
+
+
+def main(node_id: str, description: str, build: BuildCore, shells: Sequence[Shell] = (),
+         argv: Sequence[str] | None = None, settings: Settings | None = None) -> None:
+    settings = settings or Settings.parse(argv, prog=f"python -m services.{node_id.split('-')[0]}", description=description)
+    logs.configure(fmt=settings.log_format, level=settings.log_level, service=node_id)
+    try:
+        asyncio.run(serve(node_id, settings, build, shells))
+    except BusError as exc:
+        structlog.get_logger(node_id).error("broker_unreachable", error=str(exc))
+        sys.exit(2)

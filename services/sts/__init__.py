@@ -1,0 +1,1 @@
+"""STS: AssumeRole, minting and verifying temporary credentials."""

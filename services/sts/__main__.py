@@ -1,0 +1,3 @@
+from services.sts.app import main
+
+main()

@@ -1,0 +1,206 @@
+"""Pure core: STS. AssumeRole for the ECS service principal (instance roles) and for RAM
+principals; verification of requests signed with STS credentials; GetCallerIdentity.
+
+AssumeRole asks RAM for the role (and, for RAM principals, whether their identity policies
+allow ``sts:AssumeRole``), checks the role's trust policy, then mints an ``STS.`` AccessKeyId,
+a secret, a sealed SecurityToken and an Expiration. A session stays verifiable until its own
+expiry, whatever happens to the role afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from protocol import errors, ids, topics
+from protocol.envelope import Envelope
+from protocol.errors import Error, error
+from protocol.messages import common, ram, sts as m
+from protocol.times import iso
+from services.ram import policy
+from services.runtime import signing
+from services.runtime.effects import Effect, Log, Publish, Reply, Request, dispatch
+from services.sts import tokens
+
+NAME = "sts"
+ECS_SERVICE = "ecs.aliyuncs.com"
+ROLE_ARN = re.compile(r"^acs:ram::(\d+):role/([a-zA-Z0-9.\-]{1,64})$")
+SESSION_NAME = re.compile(r"^[a-zA-Z0-9.@\-_]{2,64}$")
+MIN_DURATION = 900
+
+
+@dataclass
+class Session:
+    access_key_id: str
+    secret: str
+    token: str
+    principal: common.Principal
+    expires_at: float
+
+
+@dataclass
+class Assume:
+    """An AssumeRole waiting for RAM: first the role, then (RAM callers) the decision."""
+
+    request: Envelope
+    role: ram.Role | None = None
+
+
+class StsCore:
+    node_id = NAME
+
+    def __init__(self, *, account_id: str, signing_key: bytes, entropy: Callable[[int], bytes]) -> None:
+        self.account_id = account_id
+        self._key = signing_key
+        self._entropy = entropy
+        self.sessions: dict[str, Session] = {}
+        self._table = {
+            m.AssumeRole: self._assume_role,
+            m.GetCallerIdentity: self._get_caller_identity,
+            common.Authenticate: self._authenticate,
+        }
+
+    def subscriptions(self) -> list[str]:
+        return []
+
+    def handle(self, msg: Envelope, now: float) -> list[Effect]:
+        return dispatch(self._table, msg, now, product=NAME)
+
+    def on_timer(self, now: float) -> list[Effect]:
+        expired = [k for k, s in self.sessions.items() if s.expires_at <= now]
+        for key in expired:
+            del self.sessions[key]
+        return [Log("sessions_expired", "debug", {"count": len(expired)})] if expired else []
+
+    def next_deadline(self) -> float | None:
+        return min((s.expires_at for s in self.sessions.values()), default=None)
+
+    # -- AssumeRole -----------------------------------------------------------------------
+    def _assume_role(self, msg: Envelope, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.AssumeRole)
+        problem = self._validate(body)
+        if problem is None and body.caller is not None and body.caller.identity_type == "Service" \
+                and (msg.src != "ecs" or body.caller.arn != ECS_SERVICE):
+            problem = errors.no_permission(f"{msg.src} may not act as service principal {body.caller.arn}.")
+        if problem is not None:
+            return [Reply(msg, problem)]
+        role_name = ROLE_ARN.match(body.role_arn).group(2)  # type: ignore[union-attr]
+        return [Request("ram", ram.GetRole(role_name=role_name, caller=self._service_principal()),
+                        Assume(msg), trace_id=msg.trace_id)]
+
+    def _validate(self, body: m.AssumeRole) -> Error | None:
+        if body.caller is None:
+            return errors.no_permission("The request is not authenticated.")
+        if body.caller.identity_type == "Account":
+            return error("NoPermission", "Roles may not be assumed by an Alibaba Cloud account; use a RAM user.", 403)
+        found = ROLE_ARN.match(body.role_arn)
+        if found is None:
+            return error("InvalidParameter.RoleArn", "The parameter RoleArn is wrongly formed.")
+        if found.group(1) != self.account_id:
+            return error("EntityNotExist.Role", "The specified Role not exists.", 404)
+        if not SESSION_NAME.match(body.role_session_name):
+            return error("InvalidParameter.RoleSessionName", "The parameter RoleSessionName is wrongly formed.")
+        if body.duration_seconds < MIN_DURATION:
+            return error("InvalidParameter.DurationSeconds", f"DurationSeconds must be at least {MIN_DURATION}.")
+        if body.policy:
+            try:
+                policy.parse(body.policy)
+            except policy.PolicyError as exc:
+                return error("InvalidParameter.PolicyGrammar", f"The parameter Policy has not passed grammar check: {exc}")
+        return None
+
+    def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
+        assert isinstance(context, Assume)
+        request = context.request
+        assume = request.body
+        assert isinstance(assume, m.AssumeRole) and assume.caller is not None
+        if isinstance(body, Error):
+            return [Reply(request, body)]
+        if isinstance(body, ram.GetRoleOk):
+            context.role = body.role
+            trust = policy.parse(body.role.assume_role_policy_document, trust=True)
+            caller = assume.caller
+            if caller.identity_type == "Service":
+                if not policy.trusts(trust, "Service", caller.arn):
+                    return [Reply(request, errors.no_permission(f"The role does not trust {caller.arn}."))]
+            else:
+                if not (policy.trusts(trust, "RAM", caller.arn) or policy.trusts(trust, "RAM", f"acs:ram::{caller.account_id}:root")):
+                    return [Reply(request, errors.no_permission(f"The role's trust policy does not allow {caller.arn}."))]
+                check = ram.Check(action="sts:AssumeRole", resource=body.role.arn)
+                return [Request("ram", ram.Authorize(principal=caller, checks=[check]), context, trace_id=request.trace_id)]
+            return self._mint(context, now)
+        if isinstance(body, ram.AuthorizeOk):
+            decision = body.decisions[0]
+            if not decision.allowed:
+                return [Reply(request, errors.no_permission(decision.reason))]
+            return self._mint(context, now)
+        return [Reply(request, errors.internal_error()), Log("unexpected_reply", "error", {"type": type(body).__name__})]
+
+    def _mint(self, context: Assume, now: float) -> list[Effect]:
+        assume = context.request.body
+        role = context.role
+        assert isinstance(assume, m.AssumeRole) and role is not None
+        # ECS obtains instance credentials as a service (real ECS issues 6 h ones); RAM callers
+        # are bounded by the role's MaxSessionDuration.
+        service = assume.caller is not None and assume.caller.identity_type == "Service"
+        max_duration = 43200 if service else max(role.max_session_duration, 3600)
+        if assume.duration_seconds > max_duration:
+            return [Reply(context.request, error("InvalidParameter.DurationSeconds",
+                                                 f"The Min/Max value of DurationSeconds is {MIN_DURATION}/{max_duration} seconds."))]
+        expires_at = now + assume.duration_seconds
+        access_key_id = ids.access_key_id(self._entropy(24), sts=True)
+        token = tokens.mint(self._key, tokens.Claims(access_key_id, role.arn, assume.role_session_name, expires_at,
+                                                       tokens.policy_digest(assume.policy)))
+        principal = common.Principal(
+            identity_type="AssumedRoleUser", account_id=self.account_id,
+            arn=f"acs:ram::{self.account_id}:assumed-role/{role.role_name}/{assume.role_session_name}",
+            principal_id=f"{role.role_id}:{assume.role_session_name}", role_name=role.role_name, role_id=role.role_id,
+            session_name=assume.role_session_name, session_policy=assume.policy, access_key_id=access_key_id)
+        session = Session(access_key_id, ids.secret(self._entropy(30)), token, principal, expires_at)
+        self.sessions[access_key_id] = session
+        reply = m.AssumeRoleOk(
+            credentials=m.Credentials(access_key_id=access_key_id, access_key_secret=session.secret,
+                                      security_token=token, expiration=iso(expires_at)),
+            assumed_role_user=m.AssumedRoleUser(arn=f"{role.arn}/{assume.role_session_name}",
+                                                assumed_role_id=principal.principal_id))
+        event = m.RoleAssumed(access_key_id=access_key_id, role_arn=role.arn, session_name=assume.role_session_name,
+                              expires_at=expires_at)
+        return [Reply(context.request, reply), Publish(topics.event(NAME, "RoleAssumed"), event)]
+
+    # -- verification ---------------------------------------------------------------------
+    def _authenticate(self, msg: Envelope, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, common.Authenticate)
+        session = self.sessions.get(body.access_key_id)
+        claims = tokens.open_token(self._key, body.security_token) if body.security_token else None
+        if not body.security_token:
+            problem = error("MissingSecurityToken", "The SecurityToken is required for STS credentials.")
+        elif claims is None:
+            problem = error("InvalidSecurityToken.Malformed", "The security token you provided is invalid.")
+        elif claims.access_key_id != body.access_key_id:
+            problem = error("InvalidSecurityToken.MismatchWithAccessKey", "The security token does not belong to the AccessKeyId.")
+        elif claims.expires_at <= now or session is None:
+            problem = error("InvalidSecurityToken.Expired", "The security token you provided has expired.")
+        elif not signing.verify(session.secret, body.string_to_sign, body.signature, body.signature_method):
+            problem = error("SignatureDoesNotMatch", "Specified signature is not matched with our calculation.")
+        else:
+            return [Reply(msg, common.AuthenticateOk(principal=session.principal))]
+        return [Reply(msg, problem)]
+
+    def _get_caller_identity(self, msg: Envelope, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.GetCallerIdentity)
+        caller = body.caller
+        if caller is None:
+            return [Reply(msg, errors.no_permission("The request is not authenticated."))]
+        reply = m.GetCallerIdentityOk(account_id=caller.account_id, arn=caller.arn, identity_type=caller.identity_type,
+                                      principal_id=caller.principal_id,
+                                      user_id=caller.principal_id if caller.identity_type != "AssumedRoleUser" else "",
+                                      role_id=caller.role_id)
+        return [Reply(msg, reply)]
+
+    def _service_principal(self) -> common.Principal:
+        return common.Principal(identity_type="Service", account_id=self.account_id, arn="sts.aliyuncs.com",
+                                principal_id="sts.aliyuncs.com")
