@@ -60,8 +60,14 @@ class Options:
 
 
 def find_mosquitto() -> str:
-    found = os.environ.get("RAMSIM_MOSQUITTO") or shutil.which("mosquitto") or \
-        next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto") if os.path.exists(p)), None)
+    """$RAMSIM_MOSQUITTO, else mosquitto on PATH, else the usual sbin locations."""
+    explicit = os.environ.get("RAMSIM_MOSQUITTO")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise UpError(f"RAMSIM_MOSQUITTO={explicit} is not an executable file.\n{INSTALL_HINT}")
+        return explicit
+    found = shutil.which("mosquitto") or \
+        next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto") if os.access(p, os.X_OK)), None)
     if not found:
         raise UpError(INSTALL_HINT)
     return found
@@ -81,6 +87,7 @@ def mosquitto_conf(port: int, state_dir: Path) -> str:
         "set_tcp_nodelay true",
         "persistence false",
         "max_queued_messages 100000",
+        "max_inflight_messages 100",
         f"log_dest file {state_dir / 'logs' / 'mosquitto.log'}",
         "log_type error", "log_type warning", "log_type notice",
         "",

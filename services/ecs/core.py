@@ -16,8 +16,10 @@ Instance states (only these transitions exist)::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
+
+from msgspec.structs import replace
 
 from protocol import errors, ids, topics
 from protocol.envelope import Envelope
@@ -364,7 +366,7 @@ class EcsCore:
     # -- credentials ----------------------------------------------------------------------
     def _fetch(self, record: InstanceRecord, op: AttachOp | None) -> list[Effect]:
         record.due_at = None
-        assume = sts.AssumeRole(role_arn=record.role_arn.replace(":ram:*:", ":ram::"),
+        assume = sts.AssumeRole(role_arn=record.role_arn,
                                 role_session_name=record.instance.instance_id,
                                 duration_seconds=self.credential_lifetime, policy=record.session_policy,
                                 caller=self.principal())

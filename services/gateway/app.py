@@ -61,7 +61,7 @@ def respond(body: object, request_id: str, product: str) -> web.Response:
 
 
 async def serve(settings: Settings) -> None:
-    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{NAME}")
+    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{NAME}", hold=True)
     client = await BusClient(bus, NAME, clock_for(settings)).start()
     runner = web.AppRunner(make_app(client, settings), access_log=None)
     await runner.setup()

@@ -8,6 +8,9 @@ Contract (checked by ``tests/services/runtime/test_bus_contract.py`` against bot
   handler has returned, so a crash mid-handling leads to redelivery, never loss.
 * A handler that raises is logged; the bus keeps delivering.
 * Messages from one publisher to one topic arrive in order.
+* ``open()`` starts delivery. A bus may be connected "held" so that messages kept for it by a
+  persistent session wait until every handler is subscribed; owners call ``open()`` after
+  their subscriptions.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ class Bus(Protocol):
     async def subscribe(self, topic_filter: str, handler: Handler) -> None: ...
 
     async def publish(self, topic: str, payload: bytes) -> None: ...
+
+    def open(self) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -88,6 +88,7 @@ class BusClient(Endpoint):
 
     async def start(self) -> "BusClient":
         await self.bus.subscribe(topics.node(self.node_id), self._receive)
+        self.bus.open()
         return self
 
     async def request(self, dest: str, body: Message, *, timeout: float = 5.0, trace_id: str = "") -> Message:

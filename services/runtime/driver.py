@@ -63,6 +63,7 @@ class Driver:
         """Subscribe to the node topic and the core's topics."""
         for topic_filter in (topics.node(self.core.node_id), *self.core.subscriptions()):
             await self.endpoint.bus.subscribe(topic_filter, self._receive)
+        self.endpoint.bus.open()
 
     async def run(self) -> None:
         """Own the core until cancelled."""

@@ -52,6 +52,9 @@ class MemoryBus:
     async def subscribe(self, topic_filter: str, handler: Handler) -> None:
         self._handlers.append((topic_filter, handler))
 
+    def open(self) -> None:
+        """Delivery starts at once in memory (there is no session to replay)."""
+
     async def publish(self, topic: str, payload: bytes) -> None:
         self._broker._route(topic, bytes(payload))
 

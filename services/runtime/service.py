@@ -38,7 +38,7 @@ async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequ
     log = structlog.get_logger(node_id)
     entropy = SystemEntropy()
     core = build(settings, entropy)
-    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{node_id}")
+    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{node_id}", hold=True)
     driver = Driver(core, bus, clock_for(settings), entropy, request_timeout=settings.request_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,66 @@
+"""End-to-end fixtures: real processes, a real Mosquitto, real HTTP. Nothing in memory."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import AsyncIterator, Callable, TypeVar
+
+import pytest
+
+from services.cli import api
+from services.cli.main import instances, read_metadata
+from services.cli.up import Cluster, Options, running_cluster
+from services.ram.policy import ECS_TRUST_POLICY
+
+T = TypeVar("T")
+CREDENTIALS = "/latest/meta-data/ram/security-credentials/"
+
+
+def wait_until(probe: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def metadata_url(cluster: Cluster, instance_id: str) -> str:
+    return wait_until(lambda: next((i["MetadataUrl"] for i in instances(cluster.file) if i["InstanceId"] == instance_id), ""),
+                      what=f"metadata URL of {instance_id}")
+
+
+def credentials(url: str, role: str) -> dict[str, str] | None:
+    status, body = read_metadata(url, CREDENTIALS + role)
+    return json.loads(body) if status == 200 else None
+
+
+def make_role(cluster: Cluster, name: str, *policies: str) -> None:
+    cluster.call("ram", "CreateRole", RoleName=name, AssumeRolePolicyDocument=ECS_TRUST_POLICY)
+    for policy in policies:
+        cluster.call("ram", "AttachPolicyToRole", PolicyType="System", PolicyName=policy, RoleName=name)
+
+
+def as_session(doc: dict[str, str]) -> api.Credential:
+    return api.Credential(doc["AccessKeyId"], doc["AccessKeySecret"], doc["SecurityToken"])
+
+
+@pytest.fixture
+async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+    """``await make_cluster(time_scale=..., instances=...)`` -> a running :class:`Cluster`."""
+    stack: list[object] = []
+
+    async def make(**overrides: object) -> Cluster:
+        options = Options(state_dir=tmp_path / f"cluster{len(stack)}", log_format="json", **overrides)  # type: ignore[arg-type]
+        context = running_cluster(options)
+        stack.append(context)
+        return await context.__aenter__()
+
+    yield make
+    for context in reversed(stack):
+        await context.__aexit__(None, None, None)  # type: ignore[attr-defined]

@@ -1,0 +1,69 @@
+"""Topics: built in one module, matched by one function (shared by the memory bus and MQTT)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from protocol import topics
+from protocol.errors import TopicError
+
+
+def test_builders() -> None:
+    assert topics.node("ram") == "ramsim/v1/node/ram"
+    assert topics.event("ram", "PolicyAttachedToRole") == "ramsim/v1/event/ram/PolicyAttachedToRole"
+    assert topics.instance("host-1", "i-abc") == "ramsim/v1/host/host-1/instance/i-abc"
+    assert topics.host_instances("host-1") == "ramsim/v1/host/host-1/instance/+"
+    assert topics.events() == "ramsim/v1/event/+/+"
+    assert topics.events("ecs") == "ramsim/v1/event/ecs/+"
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "+", "x#", "nul\0"])
+def test_unusable_segments_are_refused(bad: str) -> None:
+    with pytest.raises(TopicError):
+        topics.node(bad)
+
+
+@pytest.mark.parametrize(("topic_filter", "topic", "expected"), [
+    ("a/b/c", "a/b/c", True),
+    ("a/b/c", "a/b/d", False),
+    ("a/+/c", "a/b/c", True),
+    ("a/+/c", "a/b/x/c", False),
+    ("a/+", "a", False),
+    ("a/#", "a", True),
+    ("a/#", "a/b/c", True),
+    ("#", "a/b", True),
+    ("a/b", "a/b/c", False),
+    ("a/b/c", "a/b", False),
+    ("+/+", "a/b", True),
+    ("a/#/c", "a/b/c", False),  # '#' only matches as the last level
+])
+def test_matches(topic_filter: str, topic: str, expected: bool) -> None:
+    assert topics.matches(topic_filter, topic) is expected
+
+
+def test_host_filter_confines_an_agent_to_its_own_instances() -> None:
+    mine = topics.host_instances("host-1")
+    assert topics.matches(mine, topics.instance("host-1", "i-1"))
+    assert not topics.matches(mine, topics.instance("host-2", "i-1"))
+    assert not topics.matches(mine, topics.instance("host-10", "i-1"))
+
+
+level = st.text(alphabet="abcxyz01-", min_size=1, max_size=4)
+
+
+@given(st.lists(level, min_size=1, max_size=5))
+def test_a_topic_matches_itself_and_hash(levels: list[str]) -> None:
+    topic = "/".join(levels)
+    assert topics.matches(topic, topic)
+    assert topics.matches("#", topic)
+    assert topics.matches("/".join("+" for _ in levels), topic)
+
+
+@given(st.lists(level, min_size=2, max_size=5), st.integers(min_value=0, max_value=3))
+def test_plus_replaces_exactly_one_level(levels: list[str], index: int) -> None:
+    index %= len(levels)
+    pattern = levels.copy()
+    pattern[index] = "+"
+    assert topics.matches("/".join(pattern), "/".join(levels))
+    assert not topics.matches("/".join(pattern), "/".join(levels + ["extra"]))

@@ -1,0 +1,165 @@
+"""The driver that owns a core: intake, effects, correlation, timers, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import msgpack
+import pytest
+
+from protocol import codec, topics
+from protocol.envelope import Envelope
+from protocol.errors import Error
+from protocol.messages.common import Ping, PingOk
+from protocol.messages.ram import GetRole, GetRoleOk, Role, RoleCreated
+from services.runtime.client import BusClient
+from services.runtime.clock import ScaledClock
+from services.runtime.driver import Driver
+from services.runtime.effects import Effect, Log, Publish, Reply, Request
+from services.runtime.entropy import SeededEntropy
+from services.runtime.memory_bus import MemoryBroker
+
+ROLE = Role(role_id="1", role_name="R", arn="acs:ram::1:role/R", assume_role_policy_document="{}", create_date="d")
+
+
+class EchoCore:
+    """Answers GetRole; 'Boom' raises; 'Ask' asks node 'other' and replies with what came back;
+    fires a timer at ``deadline`` that publishes an event."""
+
+    node_id = "echo"
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.fired: list[float] = []
+        self.handled: list[str] = []
+
+    def subscriptions(self) -> list[str]:
+        return [topics.events("ram")]
+
+    def handle(self, msg: Envelope, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, GetRole)
+        self.handled.append(body.role_name)
+        if body.role_name == "Boom":
+            raise RuntimeError("core bug")
+        if body.role_name == "Ask":
+            return [Request("other", GetRole(role_name="inner"), context=msg)]
+        return [Reply(msg, GetRoleOk(role=ROLE)), Log("answered", "info", {"role": body.role_name})]
+
+    def on_reply(self, context: Any, body: Any, now: float) -> list[Effect]:
+        return [Reply(context, body)]
+
+    def on_timer(self, now: float) -> list[Effect]:
+        if self.deadline is not None and now >= self.deadline:
+            self.deadline = None
+            self.fired.append(now)
+            return [Publish(topics.event("echo", "RoleCreated"), RoleCreated(role=ROLE))]
+        return []
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[tuple[EchoCore, Driver, BusClient, MemoryBroker]]:
+    broker = MemoryBroker()
+    clock = ScaledClock(100.0)  # 100 simulated seconds per real second
+    core = EchoCore()
+    driver = Driver(core, broker.client("echo"), clock, SeededEntropy(1), request_timeout=0.3)
+    await driver.start()
+    task = asyncio.create_task(driver.run())
+    client = await BusClient(broker.client("tester"), "tester", clock).start()
+    yield core, driver, client, broker
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_requests_are_answered(rig) -> None:  # noqa: ANN001
+    core, driver, client, _ = rig
+    answer = await client.request("echo", GetRole(role_name="R"))
+    assert isinstance(answer, GetRoleOk) and answer.role == ROLE
+    pong = await client.request("echo", Ping())
+    assert isinstance(pong, PingOk) and pong.node == "echo"
+
+
+async def test_malformed_bytes_get_an_error_reply_and_the_service_keeps_running(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+    raw = broker.client("raw")
+    answers: list[Envelope] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        answers.append(codec.decode(payload))
+
+    await raw.subscribe(topics.node("raw"), collect)
+    bad = msgpack.packb({"src": "raw", "dest": "echo", "msg_id": 77, "body": {"type": "GetRole", "RoleName": 12}})
+    await raw.publish(topics.node("echo"), bad)
+    await raw.publish(topics.node("echo"), b"\xc1not msgpack at all")
+    async with asyncio.timeout(5):
+        while not answers:
+            await asyncio.sleep(0.005)
+    error = answers[0].body
+    assert isinstance(error, Error) and error.code == "InvalidParameter.Malformed"
+    assert "$.body.RoleName" in error.message
+    assert answers[0].in_reply_to == 77
+    assert driver.counters.malformed == 2
+    assert core.handled == []  # bad input never reached the core
+    assert isinstance(await client.request("echo", GetRole(role_name="R")), GetRoleOk)
+
+
+async def test_a_core_that_raises_answers_internal_error_and_keeps_serving(rig) -> None:  # noqa: ANN001
+    core, driver, client, _ = rig
+    answer = await client.request("echo", GetRole(role_name="Boom"))
+    assert isinstance(answer, Error) and answer.code == "InternalError" and answer.http_status == 500
+    assert driver.counters.failed == 1
+    assert isinstance(await client.request("echo", GetRole(role_name="R")), GetRoleOk)
+
+
+async def test_core_requests_are_correlated_with_replies(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+
+    def other_answers(env: Envelope) -> None:
+        asyncio.get_running_loop().create_task(other.reply(env, GetRoleOk(role=ROLE)))
+
+    other = await BusClient(broker.client("other"), "other", ScaledClock(), on_message=other_answers).start()
+    answer = await client.request("echo", GetRole(role_name="Ask"))
+    assert isinstance(answer, GetRoleOk)
+
+
+async def test_core_request_without_reply_gets_an_indefinite_timeout(rig) -> None:  # noqa: ANN001
+    core, driver, client, _ = rig
+    answer = await client.request("echo", GetRole(role_name="Ask"), timeout=3)  # nobody is "other"
+    assert isinstance(answer, Error) and answer.code == "ServiceUnavailable.Timeout" and not answer.definite
+    assert driver.counters.timeouts == 1
+
+
+async def test_timer_fires_at_the_core_deadline_in_simulated_time(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+    events: list[Envelope] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        events.append(codec.decode(payload))
+
+    watcher = broker.client("watcher")
+    await watcher.subscribe(topics.events("echo"), collect)
+    start = driver.clock.now()
+    core.deadline = start + 20  # 20 simulated seconds = 0.2 s real at scale 100
+    await client.request("echo", GetRole(role_name="R"))  # wakes the driver so it re-arms its timer
+    async with asyncio.timeout(5):
+        while not events:
+            await asyncio.sleep(0.005)
+    assert core.fired and core.fired[0] >= start + 20
+    assert isinstance(events[0].body, RoleCreated) and events[0].dest == "*"
+
+
+async def test_after_step_runs_after_every_step(rig) -> None:  # noqa: ANN001
+    core, driver, client, _ = rig
+    steps: list[int] = []
+
+    async def after() -> None:
+        steps.append(len(core.handled))
+
+    driver.after_step = after
+    await client.request("echo", GetRole(role_name="R"))
+    await client.request("echo", GetRole(role_name="S"))
+    assert steps[-2:] == [1, 2]
