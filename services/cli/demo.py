@@ -1,7 +1,8 @@
 """I/O shell: ``ramsim demo``: the seed's nine steps against a real cluster, narrated.
 
 With no running cluster it starts a private one (in a temporary state directory) and stops it
-at the end, so ``ramsim demo`` alone is a complete tour.
+at the end, so ``ramsim demo`` alone is a complete tour. Without Mosquitto (or with
+``--embedded``) that private cluster runs inside this process on the in-memory bus.
 """
 
 from __future__ import annotations
@@ -15,18 +16,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 from services.cli import api, cluster, up
+from services.cli.embedded import embedded_cluster
 from services.ram.policy import ECS_TRUST_POLICY
 
 ROLE = "MyApplicationRole"
 PASS_ROLE_POLICY = "PassMyApplicationRole"
 
 
-def run(cluster_file: Path | None, options: up.Options) -> int:
+def run(cluster_file: Path | None, options: up.Options, *, embedded: bool = False) -> int:
+    """Walk the steps against ``cluster_file``'s cluster, a live default one, or a private one:
+    real processes over Mosquitto when it is installed, else everything in this process."""
     path = cluster.locate(str(cluster_file) if cluster_file else None)
     if cluster_file or os.environ.get("RAMSIM_CLUSTER") or _alive(path):
         target = cluster.load(path)
         return walk(target, print)
-    return asyncio.run(_embedded(options))
+    if not embedded:
+        try:
+            up.find_mosquitto()
+        except up.UpError:
+            print("Mosquitto is not installed, so the demo runs every service inside this process over the "
+                  "in-memory bus (install mosquitto to see them as separate processes).")
+            embedded = True
+    return asyncio.run(_in_memory(options) if embedded else _private(options))
 
 
 def _alive(path: Path) -> bool:
@@ -37,7 +48,13 @@ def _alive(path: Path) -> bool:
         return False
 
 
-async def _embedded(options: up.Options) -> int:
+async def _in_memory(options: up.Options) -> int:
+    async with embedded_cluster(time_scale=options.time_scale, credential_lifetime=options.credential_lifetime,
+                                refresh_before=options.refresh_before) as target:
+        return await asyncio.to_thread(walk, target, print)
+
+
+async def _private(options: up.Options) -> int:
     with tempfile.TemporaryDirectory(prefix="ramsim-demo-") as state:
         options.state_dir, options.instances, options.cluster_file = Path(state), 0, None
         print("No running cluster found: starting a private one for the demo (Mosquitto + ram, sts, ecs, gateway, metadata).")
@@ -160,5 +177,7 @@ def walk(target: cluster.ClusterFile, say: Callable[[str], None]) -> int:
         time.sleep(0.01)
     say(f"    GET /latest/meta-data/ram/security-credentials/ -> HTTP {status}, "
         f"{(time.monotonic() - detached) * 1000:.0f} ms after the detach was sent")
-    say("\nDone: all nine steps ran against separate services over a real MQTT broker.")
+    where = ("inside this process, over the in-memory bus" if target.broker_url.startswith("memory:")
+             else f"against separate service processes over Mosquitto at {target.broker_url}")
+    say(f"\nDone: all nine steps ran {where}.")
     return 0

@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_options(p)
     p.add_argument("--cluster-file", type=Path, default=None,
                    help="use this running cluster (default: $RAMSIM_CLUSTER, or .ramsim/cluster.json if its cluster is alive, else start one)")
+    p.add_argument("--embedded", action="store_true",
+                   help="run the private cluster inside this process on the in-memory bus (the default when Mosquitto is missing)")
 
     p = sub.add_parser("instances", help="list instances and their metadata view URLs")
     p.add_argument("--cluster-file", help="cluster file (default: $RAMSIM_CLUSTER or .ramsim/cluster.json)")
@@ -177,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             return asyncio.run(up.up(_options(args, progress=True)))
         if args.command == "demo":
-            return demo.run(args.cluster_file, _options(args, progress=True))
+            return demo.run(args.cluster_file, _options(args, progress=True), embedded=args.embedded)
         if args.command == "instances":
             print(json.dumps(instances(cluster.load(cluster.locate(args.cluster_file))), indent=2))
             return 0

@@ -84,6 +84,7 @@ class MqttBus:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._first_connect = True
+        self._closing = False
 
     @classmethod
     async def connect(cls, url: str, client_id: str, *, persistent: bool = True, hold: bool = False,
@@ -133,6 +134,7 @@ class MqttBus:
         self._client.publish(topic, payload, qos=1, retain=False)
 
     async def close(self) -> None:
+        self._closing = True
         try:
             if self._client.is_connected:
                 await self._client.disconnect()
@@ -177,7 +179,8 @@ class MqttBus:
                 client.subscribe(topic_filter, qos=1)
 
     def _on_disconnect(self, client: gmqtt.Client, packet: object, exc: object = None) -> None:
-        log.info("broker_disconnected", client_id=self.client_id)
+        if not self._closing:
+            log.warning("broker_connection_lost", client_id=self.client_id)
 
     def _on_subscribe(self, client: gmqtt.Client, mid: int, qos: tuple[int, ...], properties: dict) -> None:
         future = self._pending_subacks.get(mid)

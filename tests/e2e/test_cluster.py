@@ -1,0 +1,118 @@
+"""End-to-end behaviour of a running cluster (real processes, real Mosquitto, real HTTP):
+credential refresh as time passes, roles reaching running instances as events, and bad
+input on every topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import msgpack
+
+from protocol import codec, topics
+from protocol.errors import Error
+from protocol.messages.common import Ping, PingOk
+from services.cli import api
+from services.cli.up import Cluster
+from services.runtime.client import BusClient
+from services.runtime.clock import ScaledClock
+from services.runtime.mqtt_bus import MqttBus
+from tests.e2e.conftest import CREDENTIALS, as_session, credentials, make_role, metadata_url, wait_until
+from services.cli.main import read_metadata
+
+
+def launch(cluster: Cluster, **params: str) -> str:
+    answer = cluster.call("ecs", "RunInstances", RegionId=cluster.file.region_id, **params)
+    return answer["InstanceIdSets"]["InstanceIdSet"][0]
+
+
+async def test_credentials_refresh_before_expiry_and_the_old_one_stays_valid(make_cluster) -> None:  # noqa: ANN001
+    # 600x: a 3600 s credential lasts 6 real seconds and is refreshed 1800 s (3 real s) early.
+    cluster = await make_cluster(time_scale=600, instances=0, credential_lifetime=3600, refresh_before=1800)
+    make_role(cluster, "Refreshing")
+    instance_id = launch(cluster, RamRoleName="Refreshing")
+    url = metadata_url(cluster, instance_id)
+    first = wait_until(lambda: credentials(url, "Refreshing"), what="first credential")
+    second = wait_until(lambda: (c := credentials(url, "Refreshing")) and c["AccessKeyId"] != first["AccessKeyId"] and c,
+                        timeout=20, what="a refreshed credential")
+    assert second["Expiration"] > first["Expiration"]
+    assert second["LastUpdated"] >= first["LastUpdated"]
+    # the overlap: the old credential still authenticates until its own expiry
+    old = cluster.call("sts", "GetCallerIdentity", as_session(first))
+    new = cluster.call("sts", "GetCallerIdentity", as_session(second))
+    assert old["Arn"] == new["Arn"] == f"acs:ram::{cluster.file.account_id}:assumed-role/Refreshing/{instance_id}"
+    # and once past its expiry it is refused
+    def expired() -> bool:
+        try:
+            cluster.call("sts", "GetCallerIdentity", as_session(first))
+            return False
+        except api.ApiError as exc:
+            return exc.code == "InvalidSecurityToken.Expired"
+    wait_until(expired, timeout=20, what="the first credential to expire")
+    assert credentials(url, "Refreshing")["Code"] == "Success"  # the instance never serves an expired one
+
+
+async def test_role_attached_to_a_running_instance_reaches_it_as_an_event(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=1, hosts=2)
+    make_role(cluster, "Late")
+    instance_id = cluster.call("ecs", "DescribeInstances", RegionId=cluster.file.region_id)["Instances"]["Instance"][0]["InstanceId"]
+    url = metadata_url(cluster, instance_id)
+    assert read_metadata(url, CREDENTIALS)[0] == 404
+    started = time.monotonic()
+    answer = cluster.call("ecs", "AttachInstanceRamRole", RegionId=cluster.file.region_id, RamRoleName="Late",
+                          InstanceIds=json.dumps([instance_id]))
+    assert (answer["TotalCount"], answer["FailCount"]) == (1, 0)
+    assert answer["AttachInstanceRamRoleResults"]["AttachInstanceRamRoleResult"][0]["Code"] == "200"
+    wait_until(lambda: read_metadata(url, CREDENTIALS) == (200, "Late"), timeout=5, what="the role at the metadata path")
+    print(f"attach-to-visible: {(time.monotonic() - started) * 1000:.0f} ms")
+    # an instance sees only its own credentials: a second instance on the other host has none
+    other = launch(cluster)
+    other_url = metadata_url(cluster, other)
+    assert other_url != url
+    assert read_metadata(other_url, CREDENTIALS)[0] == 404
+    assert read_metadata(other_url, CREDENTIALS + "Late")[0] == 404
+
+
+async def test_bad_messages_on_every_topic_are_answered_or_dropped_and_nothing_breaks(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=1)
+    make_role(cluster, "Survivor", "AliyunECSReadOnlyAccess")
+    instance_id = launch(cluster, RamRoleName="Survivor")
+    url = metadata_url(cluster, instance_id)
+    before = wait_until(lambda: credentials(url, "Survivor"), what="credential")
+
+    bus = await MqttBus.connect(cluster.file.broker_url, "fuzzer", persistent=False)
+    client = await BusClient(bus, "fuzzer", ScaledClock()).start()
+    answers: list[Error] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        body = codec.decode(payload).body
+        if isinstance(body, Error):
+            answers.append(body)
+
+    await bus.subscribe(topics.node("fuzz-replies"), collect)
+    nodes = ["ram", "sts", "ecs", "gateway", "metadata-host-1"]
+    garbage = [
+        b"", b"\xc1", b"not msgpack", msgpack.packb([1, 2]), msgpack.packb({"src": "x"}),
+        msgpack.packb({"src": "fuzz-replies", "dest": "n", "msg_id": 1, "body": {"type": "CreateRole", "RoleName": 7}}),
+        msgpack.packb({"src": "fuzz-replies", "dest": "n", "msg_id": 2, "body": {"type": "Unknown"}}),
+        b"\x00" * 300_000,  # oversized
+    ]
+    for node in nodes:
+        for payload in garbage:
+            await bus.publish(topics.node(node), payload)
+    for topic in (topics.instance("host-1", instance_id), topics.event("ram", "PolicyAttachedToRole"), topics.events()):
+        for payload in garbage:
+            await bus.publish(topic.replace("+", "x"), payload)
+    # Every core node that could read a reply address answered with a typed error
+    async with asyncio.timeout(10):
+        while len(answers) < 2 * 4:  # two addressable bad messages x four core nodes
+            await asyncio.sleep(0.01)
+    assert {a.code for a in answers} == {"InvalidParameter.Malformed"}
+    # everyone is still up, and nothing changed
+    for node in nodes:
+        assert isinstance(await client.request(node, Ping()), PingOk), node
+    await bus.close()
+    assert cluster.call("ram", "GetRole", RoleName="Survivor")["Role"]["RoleName"] == "Survivor"
+    assert credentials(url, "Survivor") == before
+    assert cluster.call("ecs", "DescribeInstances", RegionId=cluster.file.region_id)["TotalCount"] == 2
