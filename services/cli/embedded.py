@@ -45,14 +45,18 @@ async def embedded_cluster(*, time_scale: float = 1.0, credential_lifetime: int 
     async with contextlib.AsyncExitStack() as stack:
         drivers = []
         for core in cores:
-            driver = Driver(core, broker.client(core.node_id), clock, entropy, request_timeout=settings.request_timeout)
+            bus = broker.client(core.node_id)
+            stack.push_async_callback(bus.close)
+            driver = Driver(core, bus, clock, entropy, request_timeout=settings.request_timeout)
             if core.node_id.startswith("metadata-"):
                 await stack.enter_async_context(http_listeners(driver, settings))
             await driver.start()
             drivers.append(driver)
         tasks = [asyncio.create_task(d.run(), name=f"embedded:{d.core.node_id}") for d in drivers]
-        stack.callback(lambda: [t.cancel() for t in tasks])
-        client = await BusClient(broker.client("gateway"), "gateway", clock).start()
+        stack.push_async_callback(_cancel, tasks)
+        gateway_bus = broker.client("gateway")
+        stack.push_async_callback(gateway_bus.close)
+        client = await BusClient(gateway_bus, "gateway", clock).start()
         runner = web.AppRunner(make_app(client, settings), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -63,3 +67,9 @@ async def embedded_cluster(*, time_scale: float = 1.0, credential_lifetime: int 
                                   region_id=settings.region_id, access_key_id=root_id, access_key_secret=root_secret,
                                   state_dir="", time_scale=time_scale, time_origin=settings.time_origin, pid=os.getpid())
 
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -108,7 +108,10 @@ class BusClient(Endpoint):
         try:
             env = codec.decode(payload)
         except ProtocolError as exc:
-            log.warning("message_malformed", topic=topic, field=exc.field, reason=exc.reason)
+            header = reply_address(payload)
+            log.warning("message_malformed", topic=topic, field=exc.field, reason=exc.reason, src=header.src if header else None)
+            if header is not None:
+                await self.reply(header, errors.malformed(exc.field, exc.reason))
             return
         future = self._waiting.get(env.in_reply_to) if env.in_reply_to is not None else None
         if isinstance(env.body, Ping):

@@ -57,3 +57,5 @@ def configure(*, fmt: str = "console", level: str = "info", service: str = "", s
     )
     # Libraries that use stdlib logging (gmqtt, aiohttp) at warning and above only.
     logging.basicConfig(level=logging.WARNING, stream=stream or sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    # gmqtt warns about writes racing a deliberate close; the bus logs real connection loss itself.
+    logging.getLogger("gmqtt").setLevel(logging.ERROR)
