@@ -15,9 +15,14 @@ Contract (checked by ``tests/services/runtime/test_bus_contract.py`` against bot
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol, Sequence
+
+import structlog
+
+from protocol.topics import matches
 
 Handler = Callable[[str, bytes], Awaitable[None]]
+log = structlog.get_logger("bus")
 
 
 class Bus(Protocol):
@@ -34,3 +39,13 @@ class Bus(Protocol):
 
 class BusError(Exception):
     """The transport failed in a way the caller must see (cannot connect, subscribe refused)."""
+
+
+async def deliver(handlers: Sequence[tuple[str, Handler]], topic: str, payload: bytes, client_id: str) -> None:
+    """Run every handler whose filter matches ``topic``, in order; a failing one is logged."""
+    for topic_filter, handler in list(handlers):
+        if matches(topic_filter, topic):
+            try:
+                await handler(topic, payload)
+            except Exception:
+                log.exception("handler_failed", topic=topic, client_id=client_id)

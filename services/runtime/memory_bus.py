@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-import structlog
-
 from protocol.topics import matches
-from services.runtime.bus import Handler
-
-log = structlog.get_logger("memory_bus")
+from services.runtime.bus import Handler, deliver
 
 
 class MemoryBroker:
@@ -69,9 +65,4 @@ class MemoryBus:
     async def _deliver(self) -> None:
         while True:
             topic, payload = await self._inbox.get()
-            for topic_filter, handler in list(self._handlers):
-                if matches(topic_filter, topic):
-                    try:
-                        await handler(topic, payload)
-                    except Exception:
-                        log.exception("handler_failed", topic=topic, client_id=self.client_id)
+            await deliver(self._handlers, topic, payload, self.client_id)

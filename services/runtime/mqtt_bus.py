@@ -25,8 +25,7 @@ import gmqtt
 import structlog
 from gmqtt.storage import PersistentStorage
 
-from protocol.topics import matches
-from services.runtime.bus import BusError, Handler
+from services.runtime.bus import BusError, Handler, deliver
 
 log = structlog.get_logger("mqtt_bus")
 
@@ -202,12 +201,7 @@ class MqttBus:
         while True:
             topic, payload, done = await self._inbox.get()
             try:
-                for topic_filter, handler in list(self._handlers):
-                    if matches(topic_filter, topic):
-                        try:
-                            await handler(topic, payload)
-                        except Exception:
-                            log.exception("handler_failed", topic=topic, client_id=self.client_id)
+                await deliver(self._handlers, topic, payload, self.client_id)
             finally:
                 if not done.done():
                     done.set_result(None)
