@@ -40,9 +40,20 @@ async def embedded_cluster(*, time_scale: float = 1.0, credential_lifetime: int 
                         credential_lifetime=credential_lifetime, refresh_before=refresh_before,
                         root_access_key_id=root_id, root_access_key_secret=root_secret)
     broker, entropy, clock = MemoryBroker(), SystemEntropy(), clock_for(settings)
-    cores = [build(settings, entropy) for build in (build_ram, build_sts, build_ecs)]
-    cores += [build_metadata(dataclasses.replace(settings, host_id=f"host-{i}"), entropy) for i in range(1, hosts + 1)]
     async with contextlib.AsyncExitStack() as stack:
+        # The gateway first: the metadata agents' proxies forward to it.
+        gateway_bus = broker.client("gateway")
+        stack.push_async_callback(gateway_bus.close)
+        client = await BusClient(gateway_bus, "gateway", clock).start()
+        runner = web.AppRunner(make_app(client, settings), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        settings = dataclasses.replace(settings, gateway_url=f"http://127.0.0.1:{port}")
+        cores = [build(settings, entropy) for build in (build_ram, build_sts, build_ecs)]
+        cores += [build_metadata(dataclasses.replace(settings, host_id=f"host-{i}"), entropy) for i in range(1, hosts + 1)]
         drivers = []
         for core in cores:
             bus = broker.client(core.node_id)
@@ -54,16 +65,7 @@ async def embedded_cluster(*, time_scale: float = 1.0, credential_lifetime: int 
             drivers.append(driver)
         tasks = [asyncio.create_task(d.run(), name=f"embedded:{d.core.node_id}") for d in drivers]
         stack.push_async_callback(_cancel, tasks)
-        gateway_bus = broker.client("gateway")
-        stack.push_async_callback(gateway_bus.close)
-        client = await BusClient(gateway_bus, "gateway", clock).start()
-        runner = web.AppRunner(make_app(client, settings), access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        yield cluster.ClusterFile(broker_url="memory://", gateway_url=f"http://127.0.0.1:{port}", account_id=settings.account_id,
+        yield cluster.ClusterFile(broker_url="memory://", gateway_url=settings.gateway_url, account_id=settings.account_id,
                                   region_id=settings.region_id, access_key_id=root_id, access_key_secret=root_secret,
                                   state_dir="", time_scale=time_scale, time_origin=settings.time_origin, pid=os.getpid())
 

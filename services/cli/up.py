@@ -201,7 +201,8 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
         py = sys.executable
         plan = [("ram", {"RAMSIM_ROOT_ACCESS_KEY_ID": root_id, "RAMSIM_ROOT_ACCESS_KEY_SECRET": root_secret}),
                 ("sts", {}), ("ecs", {}), ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)})]
-        plan += [(f"metadata-host-{i}", {"RAMSIM_HOST_ID": f"host-{i}"}) for i in range(1, options.hosts + 1)]
+        plan += [(f"metadata-host-{i}", {"RAMSIM_HOST_ID": f"host-{i}", "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
+                 for i in range(1, options.hosts + 1)]
         for name, extra in plan:
             module = name.split("-")[0]
             processes.append(await _spawn(name, [py, "-m", f"services.{module}"], {**base_env, **extra}, state / "logs" / f"{name}.log"))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import uuid
+from urllib.parse import parse_qsl
 from typing import Sequence
 
 import msgspec
@@ -27,12 +29,17 @@ log = structlog.get_logger(NAME)
 
 
 def make_app(client: BusClient, settings: Settings) -> web.Application:
+    gateway = core.Gateway()
+
     async def call(request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4()).upper()
-        pairs = list(request.query.items())
-        if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
-            pairs += list((await request.post()).items())  # type: ignore[arg-type]
-        parsed = core.parse(request.method, [(k, str(v)) for k, v in pairs])
+        body = await request.read()
+        form = parse_qsl(body.decode(errors="replace"), keep_blank_values=True) \
+            if request.content_type == "application/x-www-form-urlencoded" else []
+        http = core.HttpCall(method=request.method, path=request.path,
+                             query=parse_qsl(request.query_string, keep_blank_values=True),
+                             headers={k.lower(): v for k, v in request.headers.items()}, body=body, form=form)
+        parsed = gateway.parse(http, time.time())
         product = parsed.product if isinstance(parsed, core.Call) else "gateway"
         if isinstance(parsed, Error):
             return respond(parsed, request_id, product)

@@ -1,17 +1,20 @@
 """Pure core: the gateway's translation between Alibaba RPC-style HTTP calls and bus commands.
 
-A call is ``GET|POST /?Action=...&Version=...&<params>&<signature params>`` (parameters in the
-query string or a form body). The product is chosen by ``Version``; the command type by
-``Action``; parameters convert straight into the command (message fields are spelled like
-Alibaba's parameters). The gateway never holds a secret: it computes what was signed and asks
-RAM (AccessKeys) or STS (``STS.`` keys) to verify it.
+A call is ``GET|POST /?<params>`` (parameters in the query string or a form body), signed one of
+two ways: V1 (``Action``, ``Version``, ``Signature``, ``SignatureNonce``, ``Timestamp`` among
+the parameters; HMAC-SHA1) or V3 (``x-acs-action``, ``x-acs-version``, ``x-acs-date``,
+``x-acs-signature-nonce`` headers and ``Authorization: ACS3-HMAC-SHA256 ...``). The product is
+chosen by the version; the command type by the action; parameters convert straight into the
+command (message fields are spelled like Alibaba's parameters).
+
+The gateway never holds a secret: it computes what was signed and asks RAM (AccessKeys) or
+STS (``STS.`` keys) to verify it. It refuses stale timestamps and reused nonces itself.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -19,6 +22,7 @@ from protocol import errors
 from protocol.base import Message
 from protocol.errors import Error, error
 from protocol.messages import common, ecs, ram, sts
+from protocol.times import parse_iso
 from services.runtime import signing
 
 PRODUCTS: dict[str, tuple[str, dict[str, type[Message]]]] = {
@@ -31,8 +35,21 @@ SIGNATURE_PARAMS = ("AccessKeyId", "Signature", "SignatureMethod", "SignatureVer
 COMMON_PARAMS = frozenset({"Action", "Version", "Format", "SecurityToken", "SignatureType", "RegionId"} | set(SIGNATURE_PARAMS))
 # Message fields a client may never set: the gateway fills them in.
 RESERVED = frozenset({"Caller", "type"})
+MAX_SKEW = 15 * 60  # seconds a request's timestamp may differ from the server's clock
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _AT = re.compile(r"at `\$\.([^`]+)`")
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    """One HTTP request as the gateway received it. Header names are lower-case."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes = b""
+    form: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -42,39 +59,105 @@ class Call:
     credential: common.Authenticate
 
 
-def parse(method: str, pairs: Iterable[tuple[str, str]]) -> Call | Error:
-    """Turn one HTTP call into a command and the proof of who sent it, or an Alibaba error."""
-    pairs = list(pairs)
-    params = dict(pairs)
-    for name in ("Action", "Version", *SIGNATURE_PARAMS):
-        if not params.get(name):
-            return errors.missing_parameter(name)
-    if params["SignatureMethod"] != "HMAC-SHA1":
-        return error("InvalidParameter.SignatureMethod", f"SignatureMethod {params['SignatureMethod']} is not supported; use HMAC-SHA1.")
-    product = PRODUCTS.get(params["Version"])
-    if product is None:
-        return error("InvalidVersion", f"Specified parameter Version {params['Version']} is not valid.", 400)
-    name, commands = product
-    command_type = commands.get(params["Action"])
-    if command_type is None:
-        return errors.unknown_action(name, params["Action"])
-    fields = {k: v for k, v in params.items() if k not in COMMON_PARAMS and k not in RESERVED}
-    if "RegionId" in params and "region_id" in command_type.__struct_fields__:
-        fields["RegionId"] = params["RegionId"]
-    try:
-        command = msgspec.convert(fields, command_type, strict=False)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        missing = _MISSING.search(text)
-        if missing:
-            return errors.missing_parameter(missing.group(1))
-        at = _AT.search(text)
-        return errors.invalid_parameter(at.group(1) if at else "?", text.split(" - at ")[0] + ".")
-    credential = common.Authenticate(access_key_id=params["AccessKeyId"], signature=params["Signature"],
-                                     string_to_sign=signing.rpc_string_to_sign(method, pairs),
-                                     signature_method=params["SignatureMethod"],
-                                     security_token=params.get("SecurityToken", ""))
-    return Call(name, command, credential)
+class Gateway:
+    """Turns HTTP calls into commands plus the proof of who sent them.
+
+    Holds the one piece of state the gateway needs: the nonces seen within the timestamp
+    window (a reused nonce is ``SignatureNonceUsed``). ``now`` is wall time, since clients
+    stamp requests with real time.
+    """
+
+    def __init__(self, *, max_skew: float = MAX_SKEW) -> None:
+        self.max_skew = max_skew
+        self._nonces: dict[str, float] = {}
+        self._oldest = 0.0
+
+    def parse(self, call: HttpCall, now: float) -> Call | Error:
+        authorization = call.headers.get("authorization", "")
+        if authorization.startswith(signing.ACS3):
+            return self._parse_v3(call, authorization, now)
+        return self._parse_v1(call, now)
+
+    # -- the two schemes ------------------------------------------------------------------
+    def _parse_v1(self, call: HttpCall, now: float) -> Call | Error:
+        pairs = call.query + call.form
+        params = dict(pairs)
+        for name in ("Action", "Version", *SIGNATURE_PARAMS):
+            if not params.get(name):
+                return errors.missing_parameter(name)
+        if params["SignatureMethod"] != "HMAC-SHA1":
+            return error("InvalidParameter.SignatureMethod", f"SignatureMethod {params['SignatureMethod']} is not supported; use HMAC-SHA1.")
+        problem = self._fresh(params["Timestamp"], params["SignatureNonce"], now)
+        if problem is not None:
+            return problem
+        credential = common.Authenticate(access_key_id=params["AccessKeyId"], signature=params["Signature"],
+                                         string_to_sign=signing.rpc_string_to_sign(call.method, pairs),
+                                         signature_method="HMAC-SHA1", security_token=params.get("SecurityToken", ""))
+        return self._command(params["Version"], params["Action"], params, credential)
+
+    def _parse_v3(self, call: HttpCall, authorization: str, now: float) -> Call | Error:
+        parsed = signing.parse_acs3_authorization(authorization)
+        if parsed is None:
+            return error("IncompleteSignature", "The Authorization header is not a valid ACS3-HMAC-SHA256 signature.")
+        access_key_id, signed, signature = parsed
+        headers = call.headers
+        unsigned = sorted(h for h in headers if (h == "host" or h.startswith("x-acs-")) and h not in signed)
+        if unsigned:
+            return error("IncompleteSignature", f"These headers must be signed: {', '.join(unsigned)}.")
+        for name in ("x-acs-action", "x-acs-version", "x-acs-date", "x-acs-signature-nonce", "x-acs-content-sha256"):
+            if not headers.get(name):
+                return error("MissingParameter", f'The header "{name}" that is mandatory for processing this request is not supplied.')
+        body_hash = signing.sha256_hex(call.body)
+        if headers["x-acs-content-sha256"] != body_hash:
+            return error("SignatureDoesNotMatch", "The x-acs-content-sha256 header does not match the body.")
+        problem = self._fresh(headers["x-acs-date"], headers["x-acs-signature-nonce"], now)
+        if problem is not None:
+            return problem
+        canonical = signing.acs3_canonical_request(call.method, call.path, call.query, headers, signed, body_hash)
+        credential = common.Authenticate(access_key_id=access_key_id, signature=signature,
+                                         string_to_sign=signing.acs3_string_to_sign(canonical),
+                                         signature_method=signing.ACS3,
+                                         security_token=headers.get("x-acs-security-token", ""))
+        return self._command(headers["x-acs-version"], headers["x-acs-action"], dict(call.query + call.form), credential)
+
+    # -- shared checks --------------------------------------------------------------------
+    def _fresh(self, timestamp: str, nonce: str, now: float) -> Error | None:
+        """The request is recent and its nonce unused within the window."""
+        try:
+            stamp = parse_iso(timestamp)
+        except ValueError:
+            return error("InvalidTimeStamp.Format", f"Specified time stamp {timestamp!r} is not in YYYY-MM-DDThh:mm:ssZ (UTC).")
+        if abs(now - stamp) > self.max_skew:
+            return error("InvalidTimeStamp.Expired", f"Specified time stamp or date value is expired; it must be within {int(self.max_skew // 60)} minutes of the server time.")
+        if now - self._oldest > self.max_skew:  # forget nonces whose timestamps can no longer pass
+            self._nonces = {n: t for n, t in self._nonces.items() if now - t <= self.max_skew}
+            self._oldest = min(self._nonces.values(), default=now)
+        if nonce in self._nonces:
+            return error("SignatureNonceUsed", "Specified signature nonce was used already.")
+        self._nonces[nonce] = now
+        return None
+
+    def _command(self, version: str, action: str, params: dict[str, str], credential: common.Authenticate) -> Call | Error:
+        product = PRODUCTS.get(version)
+        if product is None:
+            return error("InvalidVersion", f"Specified parameter Version {version} is not valid.", 400)
+        name, commands = product
+        command_type = commands.get(action)
+        if command_type is None:
+            return errors.unknown_action(name, action)
+        fields = {k: v for k, v in params.items() if k not in COMMON_PARAMS and k not in RESERVED}
+        if "RegionId" in params and "region_id" in command_type.__struct_fields__:
+            fields["RegionId"] = params["RegionId"]
+        try:
+            command = msgspec.convert(fields, command_type, strict=False)
+        except msgspec.ValidationError as exc:
+            text = str(exc)
+            missing = _MISSING.search(text)
+            if missing:
+                return errors.missing_parameter(missing.group(1))
+            at = _AT.search(text)
+            return errors.invalid_parameter(at.group(1) if at else "?", text.split(" - at ")[0] + ".")
+        return Call(name, command, credential)
 
 
 def verifier(access_key_id: str) -> str:

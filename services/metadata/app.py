@@ -28,7 +28,7 @@ async def http_listeners(driver: Driver, settings: Settings) -> AsyncIterator[No
     async def announce(instance_id: str, url: str) -> None:
         await driver.endpoint.send("ecs", ecs.InstanceEndpointReady(instance_id=instance_id, host_id=core.host_id, url=url))
 
-    listeners = Listeners(core, driver.clock, settings.http_host, announce)
+    listeners = Listeners(core, driver.clock, settings.http_host, announce, settings.gateway_url)
     driver.after_step = listeners.reconcile
     try:
         yield

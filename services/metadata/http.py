@@ -3,24 +3,37 @@
 
 Each listener answers origin-form requests (``GET /latest/...``) and absolute-form ones
 (``GET http://100.100.100.200/latest/...``), so an SDK pointed at it as an HTTP proxy reaches
-its own instance's view. Answers come from the pure core; this module only moves bytes.
+its own instance's view. As a forward proxy it also sends requests for any other host to the
+gateway (the Alibaba SDKs route *all* plain-http API calls through ``HTTP_PROXY`` and ignore
+``NO_PROXY``), keeping the ``Host`` header the client signed. ``CONNECT`` (HTTPS tunnels) is
+refused: configure clients with ``protocol='http'``. Metadata answers come from the pure
+core; this module only moves bytes.
 """
 
 from __future__ import annotations
 
 from typing import Awaitable, Callable
 
+import aiohttp
+import structlog
 from aiohttp import web
+from yarl import URL
 
 from services.metadata.core import MetadataCore
 from services.runtime.clock import Clock
 
 Announce = Callable[[str, str], Awaitable[None]]
+METADATA_HOST = "100.100.100.200"
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
+                        "transfer-encoding", "upgrade", "content-length"})
+log = structlog.get_logger("metadata.http")
 
 
 class Listeners:
-    def __init__(self, core: MetadataCore, clock: Clock, host: str, announce: Announce) -> None:
+    def __init__(self, core: MetadataCore, clock: Clock, host: str, announce: Announce, gateway_url: str = "") -> None:
         self.core = core
+        self.gateway_url = gateway_url  # where absolute-form requests for other hosts go
+        self._session: aiohttp.ClientSession | None = None
         self.clock = clock
         self.host = host
         self.announce = announce  # (instance_id, url) -> tell ECS where the view listens
@@ -45,9 +58,33 @@ class Listeners:
         for runner in self._runners.values():
             await runner.cleanup()
         self._runners.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    async def forward(self, request: web.BaseRequest) -> web.Response:
+        """Proxy an absolute-form request for another host to the gateway, Host header intact."""
+        if not self.gateway_url:
+            return web.Response(status=502, text="Bad Gateway: this metadata proxy has no gateway to forward to")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(auto_decompress=False)
+        target = URL(self.gateway_url.rstrip("/") + "/" + request.raw_path.split("/", 3)[3], encoded=True)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        try:
+            async with self._session.request(request.method, target, headers=headers, data=await request.read(),
+                                             allow_redirects=False, skip_auto_headers=("User-Agent",)) as answer:
+                body = await answer.read()
+                kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
+                return web.Response(status=answer.status, body=body, headers=kept)
+        except aiohttp.ClientError as exc:
+            log.warning("proxy_forward_failed", host=request.host, error=str(exc))
+            return web.Response(status=502, text=f"Bad Gateway: {exc}")
 
     async def _open(self, instance_id: str) -> None:
         async def handler(request: web.BaseRequest) -> web.Response:
+            if request.method == "CONNECT":
+                return web.Response(status=405, text="CONNECT is not supported: use plain http (protocol='http')")
+            if request.raw_path.startswith("http://") and request.host.split(":")[0] != METADATA_HOST:
+                return await self.forward(request)
             headers = {k.lower(): v for k, v in request.headers.items()}
             answer = self.core.read(instance_id, request.method, request.path, headers, self.clock.now())
             return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)

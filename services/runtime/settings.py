@@ -34,6 +34,7 @@ class Settings:
     host_id: str = _opt("host-1", "metadata agent: the simulated host it serves")
     http_host: str = _opt("127.0.0.1", "address HTTP servers listen on")
     http_port: int = _opt(0, "gateway: HTTP port (0: any free port)")
+    gateway_url: str = _opt("", "metadata agent: where its proxy sends requests for hosts other than 100.100.100.200")
     root_access_key_id: str = _opt("", "RAM: the root identity's AccessKeyId", secret=True)
     root_access_key_secret: str = _opt("", "RAM: the root identity's AccessKeySecret", secret=True)
     sts_signing_key: str = _opt("", "STS: hex key that seals SecurityTokens", secret=True)
