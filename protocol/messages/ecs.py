@@ -65,6 +65,20 @@ class InstanceCredentials(Shape):
     last_updated: float
 
 
+class NetworkInterface(Shape):
+    """The instance's primary network interface (eth0) in its VPC."""
+
+    mac: str
+    private_ip: str
+    network_interface_id: str
+    vpc_id: str
+    vswitch_id: str
+    vpc_cidr_block: str
+    vswitch_cidr_block: str
+    gateway: str
+    netmask: str
+
+
 class InstanceView(Shape):
     """Everything a metadata agent needs to answer for one instance; full state, not a delta.
 
@@ -81,9 +95,11 @@ class InstanceView(Shape):
     host_name: str
     instance_type: str
     image_id: str
-    private_ip: str
-    mac: str
+    serial_number: str
+    network: NetworkInterface
     http_tokens: str = "optional"
+    http_endpoint: str = "enabled"
+    user_data: str = ""  # base64, as given to RunInstances
     ram_role_name: str = ""
     credentials: InstanceCredentials | None = None
     deleted: bool = False
@@ -105,6 +121,8 @@ class RunInstances(Message):
     ram_role_name: str = ""
     amount: int = 1
     http_tokens: str = "optional"
+    http_endpoint: str = "enabled"
+    user_data: str = ""
     caller: Principal | None = None
 
 
@@ -171,6 +189,19 @@ class DescribeInstanceRamRoleOk(Message):
     instance_ram_role_sets: InstanceRamRoleSets
 
 
+class ModifyInstanceMetadataOptions(Message):
+    region_id: str
+    instance_id: str
+    http_tokens: str = ""
+    http_endpoint: str = ""
+    http_put_response_hop_limit: int = 1
+    caller: Principal | None = None
+
+
+class ModifyInstanceMetadataOptionsOk(Message):
+    pass
+
+
 class DescribeInstanceMetadataEndpoints(Message):
     """ramsim extension (not an Alibaba API): where each instance's metadata view listens."""
 
@@ -228,8 +259,8 @@ class InstanceCredentialsRefreshed(Message):
 
 
 COMMANDS = (RunInstances, AttachInstanceRamRole, DetachInstanceRamRole, DescribeInstances,
-            DescribeInstanceRamRole, DescribeInstanceMetadataEndpoints)
+            DescribeInstanceRamRole, ModifyInstanceMetadataOptions, DescribeInstanceMetadataEndpoints)
 ALL = (*COMMANDS, RunInstancesOk, AttachInstanceRamRoleOk, DetachInstanceRamRoleOk,
-       DescribeInstancesOk, DescribeInstanceRamRoleOk, DescribeInstanceMetadataEndpointsOk,
+       DescribeInstancesOk, DescribeInstanceRamRoleOk, ModifyInstanceMetadataOptionsOk, DescribeInstanceMetadataEndpointsOk,
        RegisterHost, RegisterHostOk, InstanceChanged, InstanceEndpointReady,
        RoleAttachedToInstance, RoleDetachedFromInstance, InstanceCredentialsRefreshed)

@@ -145,6 +145,17 @@ class CreateAccessKeyOk(Message):
     access_key: AccessKey
 
 
+class UpdateAccessKey(Message):
+    user_access_key_id: str
+    status: str
+    user_name: str = ""
+    caller: Principal | None = None
+
+
+class UpdateAccessKeyOk(Message):
+    pass
+
+
 class AttachPolicyToUser(Message):
     policy_type: str
     policy_name: str
@@ -200,9 +211,9 @@ class PolicyAttachedToUser(Message):
 
 
 COMMANDS = (CreateRole, GetRole, CreatePolicy, AttachPolicyToRole, DetachPolicyFromRole,
-            ListPoliciesForRole, CreateUser, CreateAccessKey, AttachPolicyToUser)
+            ListPoliciesForRole, CreateUser, CreateAccessKey, UpdateAccessKey, AttachPolicyToUser)
 REPLIES = (CreateRoleOk, GetRoleOk, CreatePolicyOk, AttachPolicyToRoleOk, DetachPolicyFromRoleOk,
-           ListPoliciesForRoleOk, CreateUserOk, CreateAccessKeyOk, AttachPolicyToUserOk)
+           ListPoliciesForRoleOk, CreateUserOk, CreateAccessKeyOk, UpdateAccessKeyOk, AttachPolicyToUserOk)
 EVENTS = (RoleCreated, PolicyCreated, PolicyAttachedToRole, PolicyDetachedFromRole, UserCreated,
           PolicyAttachedToUser)
 ALL = (*COMMANDS, *REPLIES, Authorize, AuthorizeOk, *EVENTS)

@@ -34,15 +34,31 @@ NAME = "ecs"
 SERVICE_PRINCIPAL = "ecs.aliyuncs.com"
 MAX_INSTANCE_IDS = 100
 RETRY_AFTER = 30.0  # simulated seconds between attempts when STS fails
+MAX_USER_DATA = 32 * 1024
+
+
+def _metadata_options(http_tokens: str, http_endpoint: str) -> Error | None:
+    if http_tokens not in ("optional", "required"):
+        return error("InvalidHttpTokens.NotSupported", "The specified HttpTokens is not supported; use optional or required.")
+    if http_endpoint not in ("enabled", "disabled"):
+        return error("InvalidHttpEndpoint.NotSupported", "The specified HttpEndpoint is not supported; use enabled or disabled.")
+    return None
+
+
+def _uuid(entropy: bytes) -> str:
+    h = entropy[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
 @dataclass
 class InstanceRecord:
     instance: m.Instance
     host_id: str
-    private_ip: str
-    mac: str
+    network: m.NetworkInterface
+    serial_number: str
     http_tokens: str
+    http_endpoint: str
+    user_data: str = ""
     generation: int = 1
     role_name: str = ""          # the role attached (serving once credentials exist)
     role_arn: str = ""
@@ -90,6 +106,8 @@ class EcsCore:
         self.refresh_before = refresh_before
         self._entropy = entropy
         self.instances: dict[str, InstanceRecord] = {}
+        self.vpc_id = "vpc-" + ids.instance_id(entropy(20))[2:]
+        self.vswitch_id = "vsw-" + ids.instance_id(entropy(20))[2:]
         self.hosts: list[str] = []
         self._next_host = 0
         self._table = {
@@ -100,6 +118,7 @@ class EcsCore:
             m.DetachInstanceRamRole: self._api(self._detach),
             m.DescribeInstances: self._api(self._describe_instances),
             m.DescribeInstanceRamRole: self._api(self._describe_instance_ram_role),
+            m.ModifyInstanceMetadataOptions: self._api(self._modify_metadata_options),
             m.DescribeInstanceMetadataEndpoints: self._api(self._describe_endpoints),
         }
 
@@ -158,7 +177,8 @@ class EcsCore:
         return m.InstanceView(
             instance_id=i.instance_id, host_id=r.host_id, generation=r.generation, account_id=self.account_id,
             region_id=i.region_id, zone_id=i.zone_id, host_name=i.host_name, instance_type=i.instance_type,
-            image_id=i.image_id, private_ip=r.private_ip, mac=r.mac, http_tokens=r.http_tokens,
+            image_id=i.image_id, serial_number=r.serial_number, network=r.network, http_tokens=r.http_tokens,
+            http_endpoint=r.http_endpoint, user_data=r.user_data,
             ram_role_name=r.role_name if serving else "", credentials=r.credentials)
 
     def _push(self, record: InstanceRecord) -> Effect:
@@ -224,8 +244,11 @@ class EcsCore:
         assert isinstance(body, m.RunInstances)
         if not 1 <= body.amount <= 100:
             return errors.invalid_parameter("Amount", "It must be 1-100.")
-        if body.http_tokens not in ("optional", "required"):
-            return error("InvalidHttpTokens.NotSupported", "HttpTokens must be optional or required.")
+        problem = _metadata_options(body.http_tokens, body.http_endpoint)
+        if problem is not None:
+            return problem
+        if len(body.user_data) > MAX_USER_DATA:
+            return error("InvalidUserData.SizeExceeded", f"The specified UserData exceeds {MAX_USER_DATA} bytes.")
         if not self.hosts:
             return error("OperationDenied.NoStock", "No metadata host is registered to run instances on.", 403)
         checks = [ram.Check(action="ecs:RunInstances", resource=self._arn("*"))]
@@ -248,14 +271,13 @@ class EcsCore:
             instance_id = ids.instance_id(self._entropy(20))
             host_id = self.hosts[self._next_host % len(self.hosts)]
             self._next_host += 1
-            net = self._entropy(5)
             record = InstanceRecord(
                 instance=m.Instance(instance_id=instance_id, instance_name=body.instance_name or instance_id, status="Pending",
                                     region_id=self.region_id, zone_id=body.zone_id or self.zone_id,
                                     instance_type=body.instance_type, image_id=body.image_id,
                                     host_name="iZ" + instance_id[2:] + "Z", creation_time=iso(now)[:-4] + "Z"),
-                host_id=host_id, private_ip=f"172.16.{net[0]}.{max(net[1], 2)}",
-                mac="00:16:3e:" + ":".join(f"{b:02x}" for b in net[2:5]), http_tokens=body.http_tokens)
+                host_id=host_id, network=self._interface(), serial_number=_uuid(self._entropy(16)),
+                http_tokens=body.http_tokens, http_endpoint=body.http_endpoint, user_data=body.user_data)
             self.instances[instance_id] = record
             launched.append(instance_id)
             if role is not None:
@@ -264,6 +286,33 @@ class EcsCore:
             effects += self._fetch(record, None) if role is not None else []
         effects.append(Log("instances_launched", "info", {"instance_ids": launched, "role": role.role_name if role else ""}))
         return [Reply(msg, m.RunInstancesOk(instance_id_sets=m.InstanceIdSets(instance_id_set=launched))), *effects]
+
+    def _interface(self) -> m.NetworkInterface:
+        """eth0 in the cluster's one VPC and vSwitch (172.16.0.0/16, gateway .253 as Alibaba's)."""
+        e = self._entropy(26)
+        return m.NetworkInterface(
+            mac="00:16:3e:" + ":".join(f"{b:02x}" for b in e[:3]), private_ip=f"172.16.{e[3]}.{2 + e[4] % 250}",
+            network_interface_id="eni-" + ids.instance_id(e[5:25])[2:], vpc_id=self.vpc_id, vswitch_id=self.vswitch_id,
+            vpc_cidr_block="172.16.0.0/12", vswitch_cidr_block="172.16.0.0/16", gateway="172.16.255.253", netmask="255.255.0.0")
+
+    # -- metadata options -----------------------------------------------------------------
+    def _modify_metadata_options(self, msg: Envelope, now: float) -> list[Effect] | Error:
+        body = msg.body
+        assert isinstance(body, m.ModifyInstanceMetadataOptions)
+        record = self.instances.get(body.instance_id)
+        if record is None:
+            return error("InvalidInstanceId.NotFound", "The specified instanceId does not exist", 404)
+        problem = _metadata_options(body.http_tokens or "optional", body.http_endpoint or "enabled")
+        if problem is not None:
+            return problem
+
+        def modify(now: float) -> list[Effect]:
+            record.http_tokens = body.http_tokens or record.http_tokens
+            record.http_endpoint = body.http_endpoint or record.http_endpoint
+            return [Reply(msg, m.ModifyInstanceMetadataOptionsOk()), self._push(record)]
+
+        check = ram.Check(action="ecs:ModifyInstanceMetadataOptions", resource=self._arn(body.instance_id))
+        return self._authorize(msg, now, [check], modify)
 
     # -- attach / detach ------------------------------------------------------------------
     def _instance_ids(self, text: str) -> list[str] | Error:

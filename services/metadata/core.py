@@ -106,6 +106,8 @@ class MetadataCore:
         view = self.views.get(instance_id)
         if view is None or view.deleted:
             return NOT_FOUND
+        if view.http_endpoint == "disabled":
+            return Answer(403, "Forbidden: the metadata service is disabled for this instance (HttpEndpoint=disabled)")
         path = "/" + path.split("/", 3)[3] if path.startswith("http://") else path
         if path == "/latest/api/token":
             return self._issue_token(view, method, headers, now) if method == "PUT" else Answer(405, "Method Not Allowed")
@@ -138,17 +140,34 @@ class MetadataCore:
         return NOT_FOUND
 
     def _tree(self, view: m.InstanceView, now: float) -> dict[str, str]:
+        """Every item of the instance's metadata, by path below ``/latest/``."""
+        net = view.network
         md = {
             "instance-id": view.instance_id, "region-id": view.region_id, "zone-id": view.zone_id,
-            "hostname": view.host_name, "private-ipv4": view.private_ip, "mac": view.mac,
-            "instance/instance-type": view.instance_type, "image-id": view.image_id,
-            "owner-account-id": view.account_id, "network-type": "vpc",
+            "hostname": view.host_name, "private-ipv4": net.private_ip, "mac": net.mac,
+            "instance/instance-type": view.instance_type, "instance/virtualization-solution": "ECS Virt",
+            "image-id": view.image_id, "owner-account-id": view.account_id, "serial-number": view.serial_number,
+            "network-type": "vpc", "vpc-id": net.vpc_id, "vpc-cidr-block": net.vpc_cidr_block,
+            "vswitch-id": net.vswitch_id, "vswitch-cidr-block": net.vswitch_cidr_block,
+            "dns-conf/nameservers": "100.100.2.136\n100.100.2.138",
+            "ntp-conf/ntp-servers": "ntp.cloud.aliyuncs.com\nntp7.cloud.aliyuncs.com",
+            "source-address": "http://mirrors.cloud.aliyuncs.com",
         }
+        nic = {"network-interface-id": net.network_interface_id, "netmask": net.netmask,
+               "vswitch-cidr-block": net.vswitch_cidr_block, "vpc-cidr-block": net.vpc_cidr_block,
+               "private-ipv4s": json.dumps([net.private_ip]), "vswitch-id": net.vswitch_id, "vpc-id": net.vpc_id,
+               "primary-ip-address": net.private_ip, "gateway": net.gateway}
+        md.update({f"network/interfaces/macs/{net.mac}/{k}": v for k, v in nic.items()})
         tree = {f"meta-data/{k}": v for k, v in md.items()}
-        identity = {"zone-id": view.zone_id, "serial-number": view.instance_id, "instance-id": view.instance_id,
-                    "region-id": view.region_id, "private-ipv4": view.private_ip, "owner-account-id": view.account_id,
-                    "mac": view.mac, "image-id": view.image_id, "instance-type": view.instance_type}
+        identity = {"zone-id": view.zone_id, "serial-number": view.serial_number, "instance-id": view.instance_id,
+                    "region-id": view.region_id, "private-ipv4": net.private_ip, "owner-account-id": view.account_id,
+                    "mac": net.mac, "image-id": view.image_id, "instance-type": view.instance_type}
         tree["dynamic/instance-identity/document"] = json.dumps(identity, separators=(",", ":"))
+        if view.user_data:
+            try:
+                tree["user-data"] = base64.b64decode(view.user_data, validate=True).decode("utf-8", "replace")
+            except ValueError:
+                tree["user-data"] = view.user_data
         if view.ram_role_name and view.credentials is not None:
             c = view.credentials
             tree[f"meta-data/ram/security-credentials/{view.ram_role_name}"] = json.dumps({

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+import msgspec
+
 from protocol import errors, ids, topics
 from protocol.envelope import Envelope
 from protocol.errors import Error, error
@@ -84,6 +86,7 @@ class RamCore:
             m.ListPoliciesForRole: self._api(self._list_policies_for_role),
             m.CreateUser: self._api(self._create_user),
             m.CreateAccessKey: self._api(self._create_access_key),
+            m.UpdateAccessKey: self._api(self._update_access_key),
             m.AttachPolicyToUser: self._api(self._attach_policy_to_user),
         }
 
@@ -309,6 +312,19 @@ class RamCore:
         shown = m.AccessKey(access_key_id=key.access_key_id, status=key.status, create_date=key.create_date, access_key_secret=secret)
         return [Reply(msg, m.CreateAccessKeyOk(access_key=shown)),
                 Log("access_key_created", "info", {"user_name": user_name, "access_key_id": key.access_key_id})]
+
+    def _update_access_key(self, msg: Envelope, now: float) -> list[Effect] | Error:
+        body = msg.body
+        assert isinstance(body, m.UpdateAccessKey)
+        if body.status not in ("Active", "Inactive"):
+            return error("InvalidParameter.Status", 'The parameter - "Status" must be Active or Inactive.')
+        user_name = body.user_name or (body.caller.user_name if body.caller else "")
+        key = self.keys.get(body.user_access_key_id)
+        if key is None or not key.user_name or key.user_name != user_name:
+            return error("EntityNotExist.User.AccessKey", "The AccessKey does not exist for the user.", 404)
+        key.access_key = msgspec.structs.replace(key.access_key, status=body.status)
+        return [Reply(msg, m.UpdateAccessKeyOk()),
+                Log("access_key_updated", "info", {"user_name": user_name, "access_key_id": body.user_access_key_id, "status": body.status})]
 
     def _attach_policy_to_user(self, msg: Envelope, now: float) -> list[Effect] | Error:
         body = msg.body

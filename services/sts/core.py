@@ -28,6 +28,7 @@ ECS_SERVICE = "ecs.aliyuncs.com"
 ROLE_ARN = re.compile(r"^acs:ram::(\d+):role/([a-zA-Z0-9.\-]{1,64})$")
 SESSION_NAME = re.compile(r"^[a-zA-Z0-9.@\-_]{2,64}$")
 MIN_DURATION = 900
+MAX_POLICY = 2048
 
 
 @dataclass
@@ -104,6 +105,8 @@ class StsCore:
             return error("InvalidParameter.RoleSessionName", "The parameter RoleSessionName is wrongly formed.")
         if body.duration_seconds < MIN_DURATION:
             return error("InvalidParameter.DurationSeconds", f"DurationSeconds must be at least {MIN_DURATION}.")
+        if len(body.policy) > MAX_POLICY:
+            return error("InvalidParameter.PolicySize", f"The size of Policy must be smaller than {MAX_POLICY} characters.")
         if body.policy:
             try:
                 policy.parse(body.policy)
