@@ -18,8 +18,34 @@ import pytest
 
 from services.cli.up import find_mosquitto, free_port, mosquitto_conf
 
-# Never let an SDK or client in a test reach the real 100.100.100.200.
+# Never let an SDK or client in a test reach the real 100.100.100.200: default credential chains
+# leave the ECS provider out, and any socket in this process refuses to connect there.
 os.environ.setdefault("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+METADATA_ADDRESS = "100.100.100.200"
+_connect, _connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+
+class RealMetadataAddressDialled(ConnectionRefusedError):
+    """A test tried to reach the real metadata address instead of a simulated one."""
+
+
+def _guard(address: object) -> None:
+    if isinstance(address, tuple) and address and address[0] == METADATA_ADDRESS:
+        raise RealMetadataAddressDialled(f"refused: a test tried to connect to the real {METADATA_ADDRESS}")
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    _guard(address)
+    return _connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    _guard(address)
+    return _connect_ex(self, address)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
 
 
 @dataclass

@@ -45,13 +45,18 @@ def signed_query(product: str, action: str, params: Mapping[str, str], credentia
     return urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
 
 
+# Our own opener, never urllib's global one: ramsim talks to loopback directly, and building the
+# global opener here would freeze the proxy settings an SDK in the same process relies on.
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def call(endpoint: str, product: str, action: str, params: Mapping[str, str], credential: Credential,
          *, timeout: float = 15.0) -> dict[str, Any]:
     """POST one signed call; return the JSON answer or raise :class:`ApiError`."""
     url = f"{endpoint.rstrip('/')}/?{signed_query(product, action, params, credential)}"
     request = urllib.request.Request(url, data=b"", method="POST", headers={"Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback gateway
+        with opener.open(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raw = exc.read()

@@ -142,7 +142,7 @@ def read_metadata(url: str, path: str, token: str | None = None) -> tuple[int, s
     if token:
         request.add_header("X-aliyun-ecs-metadata-token", token)
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback agent
+        with api.opener.open(request, timeout=5) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")

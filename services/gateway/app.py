@@ -47,9 +47,11 @@ def make_app(client: BusClient, settings: Settings) -> web.Application:
         who = await client.request(core.verifier(parsed.credential.access_key_id), parsed.credential,
                                    timeout=settings.request_timeout, trace_id=trace_id)
         if not isinstance(who, AuthenticateOk):
-            log.info("request_unauthenticated", action=type(parsed.command).__name__,
-                     code=who.code if isinstance(who, Error) else type(who).__name__)
+            log.info("request_unauthenticated", code=who.code if isinstance(who, Error) else type(who).__name__,
+                     access_key_id=parsed.credential.access_key_id)
             return respond(who, request_id, product)
+        if isinstance(parsed.command, Error):
+            return respond(parsed.command, request_id, product)
         command = msgspec.structs.replace(parsed.command, caller=who.principal)  # type: ignore[type-var]
         reply = await client.request(parsed.product, command, timeout=settings.request_timeout, trace_id=trace_id)
         log.info("request_served", action=type(command).__name__, principal=who.principal.arn,

@@ -54,8 +54,11 @@ class HttpCall:
 
 @dataclass(frozen=True)
 class Call:
+    """A signed call. ``command`` is an Error when the parameters are wrong: the caller is
+    authenticated first all the same, so an unauthenticated client learns nothing of the API."""
+
     product: str
-    command: Message
+    command: Message | Error
     credential: common.Authenticate
 
 
@@ -137,14 +140,14 @@ class Gateway:
         self._nonces[nonce] = now
         return None
 
-    def _command(self, version: str, action: str, params: dict[str, str], credential: common.Authenticate) -> Call | Error:
+    def _command(self, version: str, action: str, params: dict[str, str], credential: common.Authenticate) -> Call:
         product = PRODUCTS.get(version)
         if product is None:
-            return error("InvalidVersion", f"Specified parameter Version {version} is not valid.", 400)
+            return Call("gateway", error("InvalidVersion", f"Specified parameter Version {version} is not valid.", 400), credential)
         name, commands = product
         command_type = commands.get(action)
         if command_type is None:
-            return errors.unknown_action(name, action)
+            return Call(name, errors.unknown_action(name, action), credential)
         fields = {k: v for k, v in params.items() if k not in COMMON_PARAMS and k not in RESERVED}
         if "RegionId" in params and "region_id" in command_type.__struct_fields__:
             fields["RegionId"] = params["RegionId"]
@@ -153,10 +156,10 @@ class Gateway:
         except msgspec.ValidationError as exc:
             text = str(exc)
             missing = _MISSING.search(text)
-            if missing:
-                return errors.missing_parameter(missing.group(1))
             at = _AT.search(text)
-            return errors.invalid_parameter(at.group(1) if at else "?", text.split(" - at ")[0] + ".")
+            problem = errors.missing_parameter(missing.group(1)) if missing else \
+                errors.invalid_parameter(at.group(1) if at else "?", text.split(" - at ")[0] + ".")
+            return Call(name, problem, credential)
         return Call(name, command, credential)
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import AsyncIterator, Callable, TypeVar
+from typing import AsyncIterator, Callable, Iterator, TypeVar
 
 import pytest
 
-from services.cli import api
+from services.cli import api, cluster as cluster_file
 from services.cli.main import instances, read_metadata
 from services.cli.up import Cluster, Options, running_cluster
 from services.ram.policy import ECS_TRUST_POLICY
@@ -64,3 +68,23 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
     yield make
     for context in reversed(stack):
         await context.__aexit__(None, None, None)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def ramsim_up(state: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """Run ``ramsim up`` as a user would (its own process); yield it and its cluster file."""
+    path = state / "cluster.json"
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--state-dir", str(state), "--cluster-file", str(path),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: path.exists() or proc.poll() is not None, timeout=60, what="ramsim up")
+        assert proc.poll() is None, f"ramsim up exited:\n{proc.stderr.read() if proc.stderr else ''}"
+        yield proc, path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+
+
+def load(path: Path) -> cluster_file.ClusterFile:
+    return cluster_file.load(path)

@@ -15,7 +15,7 @@ import pytest
 
 from services.cli import cluster
 from services.ram.policy import ECS_TRUST_POLICY
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import ramsim_up, wait_until
 
 SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed" / "ram-role-for-ecs.md"
 SEED_SAMPLE = {"AccessKeyId": "STS.J8XXXXXXXXXX4", "AccessKeySecret": "9PjfXXXXXXXXXBf2XAW", "Expiration": "2017-06-09T09:17:19Z",
@@ -47,23 +47,13 @@ class Cli:
 
 
 @pytest.fixture
-def ramsim_up(tmp_path: Path):  # noqa: ANN201
-    cluster_file = tmp_path / "cluster.json"
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--state-dir", str(tmp_path / "state"),
-                             "--cluster-file", str(cluster_file), "--instances", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: cluster_file.exists() or proc.poll() is not None, timeout=60, what="ramsim up")
-        assert proc.poll() is None, f"ramsim up exited:\n{proc.stderr.read() if proc.stderr else ''}"
-        yield proc, cluster_file
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(30)
+def cluster_up(tmp_path: Path):  # noqa: ANN201
+    with ramsim_up(tmp_path / "state", "--instances", "1") as running:
+        yield running
 
 
-def test_nine_steps_with_the_cli(ramsim_up) -> None:  # noqa: ANN001
-    proc, cluster_file = ramsim_up
+def test_nine_steps_with_the_cli(cluster_up) -> None:  # noqa: ANN001
+    proc, cluster_file = cluster_up
     cli = Cli(cluster_file)
     target = cluster.load(cluster_file)
     assert oct(cluster_file.stat().st_mode & 0o777) == "0o600"  # it holds the root secret
@@ -127,8 +117,8 @@ def test_nine_steps_with_the_cli(ramsim_up) -> None:  # noqa: ANN001
     assert not cluster_file.exists()
 
 
-def test_cli_errors_are_alibaba_codes(ramsim_up) -> None:  # noqa: ANN001
-    _, cluster_file = ramsim_up
+def test_cli_errors_are_alibaba_codes(cluster_up) -> None:  # noqa: ANN001
+    _, cluster_file = cluster_up
     cli = Cli(cluster_file)
     unknown = cli.run("ram", "NoSuchAction", ok=False)
     assert unknown.returncode == 1 and "InvalidApi.NotFound" in unknown.stderr

@@ -1,0 +1,96 @@
+"""alibabacloud-credentials' ECS RAM role provider against the metadata agents: role discovery,
+hardened mode (tokens), IMDSv1 disabled, HttpTokens=required, and refresh across a rotation."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import pytest
+from alibabacloud_credentials.client import Client as CredClient
+from alibabacloud_credentials.exceptions import CredentialException
+from alibabacloud_credentials.models import Config as CredConfig
+from alibabacloud_credentials.provider.ecs_ram_role import EcsRamRoleCredentialsProvider
+from alibabacloud_credentials.utils import auth_util
+
+from services.cli import api, cluster
+from services.cli.main import instances, read_metadata
+from tests.compat.conftest import ECS_TRUST
+from tests.e2e.conftest import ramsim_up, wait_until
+
+CREDENTIALS = "/latest/meta-data/ram/security-credentials/"
+
+
+def launch(target: cluster.ClusterFile, role: str, **params: str) -> tuple[str, str]:
+    root = api.Credential(target.access_key_id, target.access_key_secret)
+    api.call(target.gateway_url, "ram", "CreateRole", {"RoleName": role, "AssumeRolePolicyDocument": ECS_TRUST}, root)
+    answer = api.call(target.gateway_url, "ecs", "RunInstances", {"RegionId": target.region_id, "RamRoleName": role, **params}, root)
+    instance_id = answer["InstanceIdSets"]["InstanceIdSet"][0]
+    url = wait_until(lambda: next((i["MetadataUrl"] for i in instances(target) if i["InstanceId"] == instance_id), ""),
+                     what="metadata url")
+    wait_until(lambda: read_metadata(url, CREDENTIALS)[0] in (200, 401), what="role served")
+    return instance_id, url
+
+
+def test_role_discovery_and_hardened_mode(target, imds_allowed) -> None:  # noqa: ANN001
+    _, url = launch(target, "Discovered")
+    credential = CredClient(CredConfig(type="ecs_ram_role", proxy=url))  # no role name: discovered from metadata
+    got = credential.get_credential()
+    assert got.access_key_id.startswith("STS.") and got.provider_name == "ecs_ram_role"
+    assert credential.get_security_token() == got.security_token
+
+
+def test_imdsv1_disabled_uses_tokens_only(target, imds_allowed) -> None:  # noqa: ANN001
+    _, url = launch(target, "TokensOnly")
+    provider = EcsRamRoleCredentialsProvider(role_name="TokensOnly", disable_imds_v1=True, async_update_enabled=False,
+                                             http_options=_http(url))
+    assert provider.get_credentials().get_access_key_id().startswith("STS.")
+
+
+def test_http_tokens_required_refuses_token_less_clients(target, imds_allowed) -> None:  # noqa: ANN001
+    _, url = launch(target, "Hardened", HttpTokens="required")
+    assert read_metadata(url, CREDENTIALS)[0] == 401  # IMDSv1 refused
+    provider = EcsRamRoleCredentialsProvider(role_name="Hardened", async_update_enabled=False, http_options=_http(url))
+    assert provider.get_credentials().get_access_key_id().startswith("STS.")  # the SDK fetched a token first
+
+
+def test_a_disabled_ecs_provider_never_builds(target, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(auth_util, "environment_ecs_metadata_disabled", "true")
+    with pytest.raises(ValueError, match="IMDS credentials is disabled"):
+        EcsRamRoleCredentialsProvider(role_name="Any", async_update_enabled=False)
+
+
+@pytest.fixture(scope="module")
+def rotating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.ClusterFile]:
+    # 900 s credentials (the STS minimum) refreshed 897 s early: ECS rotates every 3 s of real
+    # time, and the SDK treats a 900 s credential as stale at once, so it re-reads every call.
+    with ramsim_up(tmp_path_factory.mktemp("rotating"), "--instances", "0", "--credential-lifetime", "900",
+                   "--refresh-before", "897") as (_, path):
+        yield cluster.load(path)
+
+
+def test_refresh_across_a_rotation(rotating, imds_allowed) -> None:  # noqa: ANN001
+    instance_id, url = launch(rotating, "Rotating")
+    provider = EcsRamRoleCredentialsProvider(role_name="Rotating", async_update_enabled=False, http_options=_http(url))
+    first = provider.get_credentials()
+    second = wait_until(lambda: (c := provider.get_credentials()).get_access_key_id() != first.get_access_key_id() and c,
+                        timeout=20, what="a rotated credential")
+    assert second.get_expiration() > first.get_expiration()
+    for c in (first, second):  # both valid during the overlap
+        who = api.call(rotating.gateway_url, "sts", "GetCallerIdentity", {},
+                       api.Credential(c.get_access_key_id(), c.get_access_key_secret(), c.get_security_token()))
+        assert who["Arn"].endswith(f"assumed-role/Rotating/{instance_id}")
+    doc = json.loads(read_metadata(url, CREDENTIALS + "Rotating")[1])
+    assert doc["Code"] == "Success"
+
+
+def _http(proxy: str):  # noqa: ANN202
+    from alibabacloud_credentials.http import HttpOptions
+    return HttpOptions(proxy=proxy)
+
+
+def test_credential_exception_on_a_missing_role(target, imds_allowed) -> None:  # noqa: ANN001
+    _, url = launch(target, "Present")
+    provider = EcsRamRoleCredentialsProvider(role_name="Absent", async_update_enabled=False, http_options=_http(url))
+    with pytest.raises(CredentialException, match="HttpCode=404"):
+        provider.get_credentials()
