@@ -205,7 +205,8 @@ class EcsCore:
 
         def decided(reply: object, now: float) -> list[Effect]:
             assert isinstance(reply, ram.AuthorizeOk)
-            for check, decision in zip(checks, reply.decisions):
+            missing = [ram.Decision(allowed=False, reason="RAM gave no decision")] * (len(checks) - len(reply.decisions))
+            for check, decision in zip(checks, [*reply.decisions, *missing]):  # no decision is a denial
                 if not decision.allowed:
                     if check.action.lower() == "ram:passrole":
                         problem = error("InvalidUser.PassRoleForbidden", "The RAM user does not have the privilege to pass a RAM role.", 403)
