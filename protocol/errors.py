@@ -10,7 +10,19 @@ Domain failures are never exceptions: they are :class:`Error` replies.
 
 from __future__ import annotations
 
-from protocol.base import Message
+from protocol.base import Message, Shape
+
+
+class AccessDeniedDetail(Shape):
+    """Why access was denied, as Alibaba's ``AccessDeniedDetail`` carries it."""
+
+    auth_action: str
+    auth_principal_type: str
+    auth_principal_display_name: str
+    auth_principal_owner_id: str
+    no_permission_type: str  # ImplicitDeny | ExplicitDeny
+    policy_type: str = "AccountLevelIdentityBasedPolicy"
+    encoded_diagnostic_message: str = ""  # ramsim: the decision's reason, in plain text
 
 
 class Error(Message):
@@ -24,6 +36,7 @@ class Error(Message):
     message: str
     http_status: int = 400
     definite: bool = True
+    access_denied_detail: AccessDeniedDetail | None = None
 
 
 class ProtocolError(Exception):

@@ -28,6 +28,15 @@ class Principal(Shape):
     access_key_id: str = ""
 
 
+class ApiCommand(Message, kw_only=True):
+    """Base of every API command: ``caller`` is the principal the gateway authenticated, and
+    ``request_context`` the condition keys it observed (``acs:SourceIp``,
+    ``acs:SecureTransport``). Clients can set neither."""
+
+    caller: Principal | None = None
+    request_context: dict[str, str] = {}
+
+
 class Ping(Message):
     """Are you there? Answered by every node once it is ready."""
 

@@ -7,7 +7,7 @@ exchange between the ECS control plane and the metadata agents.
 from __future__ import annotations
 
 from protocol.base import Message, Shape
-from protocol.messages.common import Principal
+from protocol.messages.common import ApiCommand
 
 
 # -- shapes ---------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class MetadataEndpoint(Shape):
 
 
 # -- API commands and replies ----------------------------------------------------------------
-class RunInstances(Message):
+class RunInstances(ApiCommand):
     region_id: str
     image_id: str = "aliyun_3_x64_20G_alibase_20240819.vhd"
     instance_type: str = "ecs.g7.large"
@@ -123,19 +123,17 @@ class RunInstances(Message):
     http_tokens: str = "optional"
     http_endpoint: str = "enabled"
     user_data: str = ""
-    caller: Principal | None = None
 
 
 class RunInstancesOk(Message):
     instance_id_sets: InstanceIdSets
 
 
-class AttachInstanceRamRole(Message):
+class AttachInstanceRamRole(ApiCommand):
     region_id: str
     ram_role_name: str
     instance_ids: str
     policy: str = ""
-    caller: Principal | None = None
 
 
 class AttachInstanceRamRoleOk(Message):
@@ -145,11 +143,10 @@ class AttachInstanceRamRoleOk(Message):
     attach_instance_ram_role_results: AttachResults
 
 
-class DetachInstanceRamRole(Message):
+class DetachInstanceRamRole(ApiCommand):
     region_id: str
     instance_ids: str
     ram_role_name: str = ""
-    caller: Principal | None = None
 
 
 class DetachInstanceRamRoleOk(Message):
@@ -159,12 +156,11 @@ class DetachInstanceRamRoleOk(Message):
     detach_instance_ram_role_results: DetachResults
 
 
-class DescribeInstances(Message):
+class DescribeInstances(ApiCommand):
     region_id: str
     instance_ids: str = ""
     page_number: int = 1
     page_size: int = 10
-    caller: Principal | None = None
 
 
 class DescribeInstancesOk(Message):
@@ -174,13 +170,12 @@ class DescribeInstancesOk(Message):
     page_size: int
 
 
-class DescribeInstanceRamRole(Message):
+class DescribeInstanceRamRole(ApiCommand):
     region_id: str
     instance_ids: str = ""
     ram_role_name: str = ""
     page_number: int = 1
     page_size: int = 10
-    caller: Principal | None = None
 
 
 class DescribeInstanceRamRoleOk(Message):
@@ -189,23 +184,20 @@ class DescribeInstanceRamRoleOk(Message):
     instance_ram_role_sets: InstanceRamRoleSets
 
 
-class ModifyInstanceMetadataOptions(Message):
+class ModifyInstanceMetadataOptions(ApiCommand):
     region_id: str
     instance_id: str
     http_tokens: str = ""
     http_endpoint: str = ""
     http_put_response_hop_limit: int = 1
-    caller: Principal | None = None
 
 
 class ModifyInstanceMetadataOptionsOk(Message):
     pass
 
 
-class DescribeInstanceMetadataEndpoints(Message):
+class DescribeInstanceMetadataEndpoints(ApiCommand):
     """ramsim extension (not an Alibaba API): where each instance's metadata view listens."""
-
-    caller: Principal | None = None
 
 
 class DescribeInstanceMetadataEndpointsOk(Message):

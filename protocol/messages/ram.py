@@ -1,13 +1,16 @@
 """Pure protocol: RAM (API version 2015-05-01) commands, replies, internal queries and events.
 
-API commands carry ``caller``, the principal the gateway authenticated; a client-supplied
-value is always overwritten.
+API commands derive from :class:`~protocol.messages.common.ApiCommand` and carry ``caller``,
+the principal the gateway authenticated (a client-supplied value is always overwritten).
+Lists use Alibaba's XML-style wrappers (``Users.User[]``, ``Policies.Policy[]``).
+Events carry RAM's ``generation``: it grows with every change that can alter a decision, so
+an enforcement point can tell a cached answer from before a change from one after it.
 """
 
 from __future__ import annotations
 
 from protocol.base import Message, Shape
-from protocol.messages.common import Principal
+from protocol.messages.common import ApiCommand, Principal
 
 
 # -- shapes ---------------------------------------------------------------------------------
@@ -19,6 +22,7 @@ class Role(Shape):
     create_date: str
     max_session_duration: int = 3600
     description: str = ""
+    update_date: str = ""
 
 
 class Policy(Shape):
@@ -26,8 +30,17 @@ class Policy(Shape):
     policy_type: str
     default_version: str = "v1"
     create_date: str = ""
+    update_date: str = ""
     description: str = ""
     attach_date: str = ""
+    attachment_count: int = 0
+
+
+class PolicyVersion(Shape):
+    version_id: str
+    is_default_version: bool
+    create_date: str
+    policy_document: str = ""
 
 
 class User(Shape):
@@ -36,6 +49,19 @@ class User(Shape):
     create_date: str
     display_name: str = ""
     comments: str = ""
+    update_date: str = ""
+    attach_date: str = ""
+    join_date: str = ""
+
+
+class Group(Shape):
+    group_id: str
+    group_name: str
+    create_date: str
+    comments: str = ""
+    update_date: str = ""
+    attach_date: str = ""
+    join_date: str = ""
 
 
 class AccessKey(Shape):
@@ -49,122 +75,477 @@ class PolicyList(Shape):
     policy: list[Policy] = []
 
 
+class PolicyVersionList(Shape):
+    policy_version: list[PolicyVersion] = []
+
+
+class UserList(Shape):
+    user: list[User] = []
+
+
+class GroupList(Shape):
+    group: list[Group] = []
+
+
+class RoleList(Shape):
+    role: list[Role] = []
+
+
+class AccessKeyList(Shape):
+    access_key: list[AccessKey] = []
+
+
 class Check(Shape):
-    """One question for :class:`Authorize`: may the principal do ``action`` on ``resource``?"""
+    """One question for :class:`Authorize`: may the principal do ``action`` on ``resource``?
+
+    ``context`` holds request condition keys (``acs:SourceIp``, ``acs:SecureTransport``, ...)."""
 
     action: str
     resource: str
+    context: dict[str, str] = {}
+
+
+class Match(Shape):
+    policy: str
+    version: str
+    statement: int
+    effect: str
+    sid: str = ""
 
 
 class Decision(Shape):
     allowed: bool
     reason: str
+    decision: str = "ImplicitDeny"  # Allow | ExplicitDeny | ImplicitDeny
+    matches: list[Match] = []
 
 
-# -- API commands and replies ----------------------------------------------------------------
-class CreateRole(Message):
+class PolicyDocument(Shape):
+    """A policy as an enforcement point needs it to decide by itself."""
+
+    name: str      # "System:AdministratorAccess"
+    version: str
+    document: str
+
+
+# -- roles ----------------------------------------------------------------------------------
+class CreateRole(ApiCommand):
     role_name: str
     assume_role_policy_document: str
     description: str = ""
     max_session_duration: int = 3600
-    caller: Principal | None = None
 
 
 class CreateRoleOk(Message):
     role: Role
 
 
-class GetRole(Message):
+class GetRole(ApiCommand):
     role_name: str
-    caller: Principal | None = None
 
 
 class GetRoleOk(Message):
     role: Role
 
 
-class CreatePolicy(Message):
-    policy_name: str
-    policy_document: str
-    description: str = ""
-    caller: Principal | None = None
-
-
-class CreatePolicyOk(Message):
-    policy: Policy
-
-
-class AttachPolicyToRole(Message):
-    policy_type: str
-    policy_name: str
+class UpdateRole(ApiCommand):
     role_name: str
-    caller: Principal | None = None
+    new_assume_role_policy_document: str = ""
+    new_max_session_duration: int = 0
+    new_description: str = ""
 
 
-class AttachPolicyToRoleOk(Message):
+class UpdateRoleOk(Message):
+    role: Role
+
+
+class DeleteRole(ApiCommand):
+    role_name: str
+
+
+class DeleteRoleOk(Message):
     pass
 
 
-class DetachPolicyFromRole(Message):
-    policy_type: str
-    policy_name: str
-    role_name: str
-    caller: Principal | None = None
+class ListRoles(ApiCommand):
+    marker: str = ""
+    max_items: int = 100
 
 
-class DetachPolicyFromRoleOk(Message):
-    pass
+class ListRolesOk(Message):
+    roles: RoleList
+    is_truncated: bool = False
+    marker: str = ""
 
 
-class ListPoliciesForRole(Message):
-    role_name: str
-    caller: Principal | None = None
-
-
-class ListPoliciesForRoleOk(Message):
-    policies: PolicyList
-
-
-class CreateUser(Message):
+# -- users and AccessKeys -------------------------------------------------------------------
+class CreateUser(ApiCommand):
     user_name: str
     display_name: str = ""
     comments: str = ""
-    caller: Principal | None = None
 
 
 class CreateUserOk(Message):
     user: User
 
 
-class CreateAccessKey(Message):
+class GetUser(ApiCommand):
+    user_name: str
+
+
+class GetUserOk(Message):
+    user: User
+
+
+class UpdateUser(ApiCommand):
+    user_name: str
+    new_user_name: str = ""
+    new_display_name: str = ""
+    new_comments: str = ""
+
+
+class UpdateUserOk(Message):
+    user: User
+
+
+class DeleteUser(ApiCommand):
+    user_name: str
+
+
+class DeleteUserOk(Message):
+    pass
+
+
+class ListUsers(ApiCommand):
+    marker: str = ""
+    max_items: int = 100
+
+
+class ListUsersOk(Message):
+    users: UserList
+    is_truncated: bool = False
+    marker: str = ""
+
+
+class CreateAccessKey(ApiCommand):
     user_name: str = ""
-    caller: Principal | None = None
 
 
 class CreateAccessKeyOk(Message):
     access_key: AccessKey
 
 
-class UpdateAccessKey(Message):
+class UpdateAccessKey(ApiCommand):
     user_access_key_id: str
     status: str
     user_name: str = ""
-    caller: Principal | None = None
 
 
 class UpdateAccessKeyOk(Message):
     pass
 
 
-class AttachPolicyToUser(Message):
+class DeleteAccessKey(ApiCommand):
+    user_access_key_id: str
+    user_name: str = ""
+
+
+class DeleteAccessKeyOk(Message):
+    pass
+
+
+class ListAccessKeys(ApiCommand):
+    user_name: str = ""
+
+
+class ListAccessKeysOk(Message):
+    access_keys: AccessKeyList
+
+
+# -- groups ---------------------------------------------------------------------------------
+class CreateGroup(ApiCommand):
+    group_name: str
+    comments: str = ""
+
+
+class CreateGroupOk(Message):
+    group: Group
+
+
+class GetGroup(ApiCommand):
+    group_name: str
+
+
+class GetGroupOk(Message):
+    group: Group
+
+
+class UpdateGroup(ApiCommand):
+    group_name: str
+    new_group_name: str = ""
+    new_comments: str = ""
+
+
+class UpdateGroupOk(Message):
+    group: Group
+
+
+class DeleteGroup(ApiCommand):
+    group_name: str
+
+
+class DeleteGroupOk(Message):
+    pass
+
+
+class ListGroups(ApiCommand):
+    marker: str = ""
+    max_items: int = 100
+
+
+class ListGroupsOk(Message):
+    groups: GroupList
+    is_truncated: bool = False
+    marker: str = ""
+
+
+class AddUserToGroup(ApiCommand):
+    user_name: str
+    group_name: str
+
+
+class AddUserToGroupOk(Message):
+    pass
+
+
+class RemoveUserFromGroup(ApiCommand):
+    user_name: str
+    group_name: str
+
+
+class RemoveUserFromGroupOk(Message):
+    pass
+
+
+class ListGroupsForUser(ApiCommand):
+    user_name: str
+
+
+class ListGroupsForUserOk(Message):
+    groups: GroupList
+
+
+class ListUsersForGroup(ApiCommand):
+    group_name: str
+    marker: str = ""
+    max_items: int = 100
+
+
+class ListUsersForGroupOk(Message):
+    users: UserList
+    is_truncated: bool = False
+    marker: str = ""
+
+
+# -- policies and versions ------------------------------------------------------------------
+class CreatePolicy(ApiCommand):
+    policy_name: str
+    policy_document: str
+    description: str = ""
+
+
+class CreatePolicyOk(Message):
+    policy: Policy
+
+
+class GetPolicy(ApiCommand):
+    policy_name: str
+    policy_type: str = "Custom"
+
+
+class GetPolicyOk(Message):
+    policy: Policy
+    default_policy_version: PolicyVersion
+
+
+class DeletePolicy(ApiCommand):
+    policy_name: str
+
+
+class DeletePolicyOk(Message):
+    pass
+
+
+class ListPolicies(ApiCommand):
+    policy_type: str = ""
+    marker: str = ""
+    max_items: int = 100
+
+
+class ListPoliciesOk(Message):
+    policies: PolicyList
+    is_truncated: bool = False
+    marker: str = ""
+
+
+class CreatePolicyVersion(ApiCommand):
+    policy_name: str
+    policy_document: str
+    set_as_default: bool = False
+    rotate_strategy: str = "None"
+
+
+class CreatePolicyVersionOk(Message):
+    policy_version: PolicyVersion
+
+
+class GetPolicyVersion(ApiCommand):
+    policy_name: str
+    version_id: str
+    policy_type: str = "Custom"
+
+
+class GetPolicyVersionOk(Message):
+    policy_version: PolicyVersion
+
+
+class ListPolicyVersions(ApiCommand):
+    policy_name: str
+    policy_type: str = "Custom"
+
+
+class ListPolicyVersionsOk(Message):
+    policy_versions: PolicyVersionList
+
+
+class SetDefaultPolicyVersion(ApiCommand):
+    policy_name: str
+    version_id: str
+
+
+class SetDefaultPolicyVersionOk(Message):
+    pass
+
+
+class DeletePolicyVersion(ApiCommand):
+    policy_name: str
+    version_id: str
+
+
+class DeletePolicyVersionOk(Message):
+    pass
+
+
+# -- attachments ----------------------------------------------------------------------------
+class AttachPolicyToUser(ApiCommand):
     policy_type: str
     policy_name: str
     user_name: str
-    caller: Principal | None = None
 
 
 class AttachPolicyToUserOk(Message):
     pass
+
+
+class DetachPolicyFromUser(ApiCommand):
+    policy_type: str
+    policy_name: str
+    user_name: str
+
+
+class DetachPolicyFromUserOk(Message):
+    pass
+
+
+class AttachPolicyToGroup(ApiCommand):
+    policy_type: str
+    policy_name: str
+    group_name: str
+
+
+class AttachPolicyToGroupOk(Message):
+    pass
+
+
+class DetachPolicyFromGroup(ApiCommand):
+    policy_type: str
+    policy_name: str
+    group_name: str
+
+
+class DetachPolicyFromGroupOk(Message):
+    pass
+
+
+class AttachPolicyToRole(ApiCommand):
+    policy_type: str
+    policy_name: str
+    role_name: str
+
+
+class AttachPolicyToRoleOk(Message):
+    pass
+
+
+class DetachPolicyFromRole(ApiCommand):
+    policy_type: str
+    policy_name: str
+    role_name: str
+
+
+class DetachPolicyFromRoleOk(Message):
+    pass
+
+
+class ListPoliciesForUser(ApiCommand):
+    user_name: str
+
+
+class ListPoliciesForUserOk(Message):
+    policies: PolicyList
+
+
+class ListPoliciesForGroup(ApiCommand):
+    group_name: str
+
+
+class ListPoliciesForGroupOk(Message):
+    policies: PolicyList
+
+
+class ListPoliciesForRole(ApiCommand):
+    role_name: str
+
+
+class ListPoliciesForRoleOk(Message):
+    policies: PolicyList
+
+
+class ListEntitiesForPolicy(ApiCommand):
+    policy_name: str
+    policy_type: str = "Custom"
+
+
+class ListEntitiesForPolicyOk(Message):
+    users: UserList
+    groups: GroupList
+    roles: RoleList
+
+
+# -- explanation (ramsim extension, not an Alibaba API) --------------------------------------
+class SimulatePrincipalPolicy(ApiCommand):
+    """Would ``principal_type`` (User | Role) ``principal_name`` be allowed ``action_name`` on
+    ``resource_name``? ``context`` is a JSON object of condition keys."""
+
+    principal_type: str
+    principal_name: str
+    action_name: str
+    resource_name: str = "*"
+    context: str = ""
+
+
+class SimulatePrincipalPolicyOk(Message):
+    decision: Decision
 
 
 # -- internal queries ------------------------------------------------------------------------
@@ -177,43 +558,155 @@ class Authorize(Message):
 
 class AuthorizeOk(Message):
     decisions: list[Decision]
+    generation: int = 0
 
 
-# -- events (published after the change) -----------------------------------------------------
+class GetEffectivePolicies(Message):
+    """Every policy that applies to ``principal`` (its own, its groups', its role's), so an
+    enforcement point can decide by itself and cache them until a RAM event says otherwise."""
+
+    principal: Principal
+
+
+class GetEffectivePoliciesOk(Message):
+    policies: list[PolicyDocument]
+    all_allowed: bool = False  # the account itself: everything is allowed
+    generation: int = 0
+
+
+# -- events (published before the reply to the change, carrying the new generation) ---------
 class RoleCreated(Message):
     role: Role
+    generation: int = 0
+
+
+class RoleChanged(Message):
+    role_name: str
+    deleted: bool = False
+    generation: int = 0
 
 
 class PolicyCreated(Message):
     policy: Policy
+    generation: int = 0
+
+
+class PolicyChanged(Message):
+    """A policy's default version changed, or the policy was deleted."""
+
+    policy_type: str
+    policy_name: str
+    default_version: str = ""
+    deleted: bool = False
+    generation: int = 0
 
 
 class PolicyAttachedToRole(Message):
     policy_type: str
     policy_name: str
     role_name: str
+    generation: int = 0
 
 
 class PolicyDetachedFromRole(Message):
     policy_type: str
     policy_name: str
     role_name: str
-
-
-class UserCreated(Message):
-    user: User
+    generation: int = 0
 
 
 class PolicyAttachedToUser(Message):
     policy_type: str
     policy_name: str
     user_name: str
+    generation: int = 0
 
 
-COMMANDS = (CreateRole, GetRole, CreatePolicy, AttachPolicyToRole, DetachPolicyFromRole,
-            ListPoliciesForRole, CreateUser, CreateAccessKey, UpdateAccessKey, AttachPolicyToUser)
-REPLIES = (CreateRoleOk, GetRoleOk, CreatePolicyOk, AttachPolicyToRoleOk, DetachPolicyFromRoleOk,
-           ListPoliciesForRoleOk, CreateUserOk, CreateAccessKeyOk, UpdateAccessKeyOk, AttachPolicyToUserOk)
-EVENTS = (RoleCreated, PolicyCreated, PolicyAttachedToRole, PolicyDetachedFromRole, UserCreated,
-          PolicyAttachedToUser)
-ALL = (*COMMANDS, *REPLIES, Authorize, AuthorizeOk, *EVENTS)
+class PolicyDetachedFromUser(Message):
+    policy_type: str
+    policy_name: str
+    user_name: str
+    generation: int = 0
+
+
+class PolicyAttachedToGroup(Message):
+    policy_type: str
+    policy_name: str
+    group_name: str
+    generation: int = 0
+
+
+class PolicyDetachedFromGroup(Message):
+    policy_type: str
+    policy_name: str
+    group_name: str
+    generation: int = 0
+
+
+class UserCreated(Message):
+    user: User
+    generation: int = 0
+
+
+class UserChanged(Message):
+    user_name: str
+    new_user_name: str = ""
+    deleted: bool = False
+    generation: int = 0
+
+
+class GroupMembershipChanged(Message):
+    user_name: str
+    group_name: str
+    member: bool
+    generation: int = 0
+
+
+class GroupChanged(Message):
+    group_name: str
+    new_group_name: str = ""
+    deleted: bool = False
+    generation: int = 0
+
+
+class AccessKeyChanged(Message):
+    """No secret: the key id, its owner and its status (Deleted when removed)."""
+
+    access_key_id: str
+    user_name: str
+    status: str
+    generation: int = 0
+
+
+COMMANDS = (
+    CreateRole, GetRole, UpdateRole, DeleteRole, ListRoles,
+    CreateUser, GetUser, UpdateUser, DeleteUser, ListUsers,
+    CreateAccessKey, UpdateAccessKey, DeleteAccessKey, ListAccessKeys,
+    CreateGroup, GetGroup, UpdateGroup, DeleteGroup, ListGroups, AddUserToGroup, RemoveUserFromGroup,
+    ListGroupsForUser, ListUsersForGroup,
+    CreatePolicy, GetPolicy, DeletePolicy, ListPolicies, CreatePolicyVersion, GetPolicyVersion, ListPolicyVersions,
+    SetDefaultPolicyVersion, DeletePolicyVersion,
+    AttachPolicyToUser, DetachPolicyFromUser, AttachPolicyToGroup, DetachPolicyFromGroup,
+    AttachPolicyToRole, DetachPolicyFromRole,
+    ListPoliciesForUser, ListPoliciesForGroup, ListPoliciesForRole, ListEntitiesForPolicy,
+    SimulatePrincipalPolicy,
+)
+REPLIES = (
+    CreateRoleOk, GetRoleOk, UpdateRoleOk, DeleteRoleOk, ListRolesOk,
+    CreateUserOk, GetUserOk, UpdateUserOk, DeleteUserOk, ListUsersOk,
+    CreateAccessKeyOk, UpdateAccessKeyOk, DeleteAccessKeyOk, ListAccessKeysOk,
+    CreateGroupOk, GetGroupOk, UpdateGroupOk, DeleteGroupOk, ListGroupsOk, AddUserToGroupOk, RemoveUserFromGroupOk,
+    ListGroupsForUserOk, ListUsersForGroupOk,
+    CreatePolicyOk, GetPolicyOk, DeletePolicyOk, ListPoliciesOk, CreatePolicyVersionOk, GetPolicyVersionOk,
+    ListPolicyVersionsOk, SetDefaultPolicyVersionOk, DeletePolicyVersionOk,
+    AttachPolicyToUserOk, DetachPolicyFromUserOk, AttachPolicyToGroupOk, DetachPolicyFromGroupOk,
+    AttachPolicyToRoleOk, DetachPolicyFromRoleOk,
+    ListPoliciesForUserOk, ListPoliciesForGroupOk, ListPoliciesForRoleOk, ListEntitiesForPolicyOk,
+    SimulatePrincipalPolicyOk,
+)
+EVENTS = (
+    RoleCreated, RoleChanged, PolicyCreated, PolicyChanged, PolicyAttachedToRole, PolicyDetachedFromRole,
+    PolicyAttachedToUser, PolicyDetachedFromUser, PolicyAttachedToGroup, PolicyDetachedFromGroup,
+    UserCreated, UserChanged, GroupMembershipChanged, GroupChanged, AccessKeyChanged,
+)
+ALL = (*COMMANDS, *REPLIES, Authorize, AuthorizeOk, GetEffectivePolicies, GetEffectivePoliciesOk, *EVENTS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from protocol.base import Message, Shape
-from protocol.messages.common import Principal
+from protocol.messages.common import ApiCommand
 
 
 class Credentials(Shape):
@@ -18,7 +18,7 @@ class AssumedRoleUser(Shape):
     assumed_role_id: str
 
 
-class AssumeRole(Message):
+class AssumeRole(ApiCommand):
     """Assume ``role_arn``. ``caller`` is a RAM principal, or the ECS service principal when
     ECS obtains credentials for an instance."""
 
@@ -26,7 +26,6 @@ class AssumeRole(Message):
     role_session_name: str
     duration_seconds: int = 3600
     policy: str = ""
-    caller: Principal | None = None
 
 
 class AssumeRoleOk(Message):
@@ -34,8 +33,8 @@ class AssumeRoleOk(Message):
     assumed_role_user: AssumedRoleUser
 
 
-class GetCallerIdentity(Message):
-    caller: Principal | None = None
+class GetCallerIdentity(ApiCommand):
+    """Who am I? No parameters and no permission needed."""
 
 
 class GetCallerIdentityOk(Message):

@@ -27,7 +27,8 @@ from protocol.errors import Error, error
 from protocol.messages import common, ram, sts
 from protocol.messages import ecs as m
 from protocol.times import iso, parse_iso
-from services.ram import policy
+from services.ram import explain, policy
+from services.ram.cache import Entry, PolicyCache
 from services.runtime.effects import Effect, Log, Publish, Reply, Request, dispatch
 
 NAME = "ecs"
@@ -71,7 +72,7 @@ class InstanceRecord:
 
 @dataclass
 class Gate:
-    """A request waiting for RAM's decision (Authorize) or the role (GetRole)."""
+    """A request waiting for RAM: the caller's effective policies, or the role (GetRole)."""
 
     request: Envelope
     then: Callable[..., list[Effect]]
@@ -106,6 +107,7 @@ class EcsCore:
         self.refresh_before = refresh_before
         self._entropy = entropy
         self.instances: dict[str, InstanceRecord] = {}
+        self.cache = PolicyCache()
         self.vpc_id = "vpc-" + ids.instance_id(entropy(20))[2:]
         self.vswitch_id = "vsw-" + ids.instance_id(entropy(20))[2:]
         self.hosts: list[str] = []
@@ -124,9 +126,12 @@ class EcsCore:
 
     # -- the Core protocol ----------------------------------------------------------------
     def subscriptions(self) -> list[str]:
-        return []
+        return [topics.events("ram")]
 
     def handle(self, msg: Envelope, now: float) -> list[Effect]:
+        if msg.dest == "*" and msg.src == "ram":  # a RAM change: cached decisions may be stale
+            self.cache.observe(getattr(msg.body, "generation", 0))
+            return []
         return dispatch(self._table, msg, now, product=NAME)
 
     def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
@@ -198,24 +203,37 @@ class EcsCore:
         return run
 
     def _authorize(self, msg: Envelope, now: float, checks: list[ram.Check], then: Callable[[float], list[Effect]]) -> list[Effect]:
-        """Run ``then`` if the caller may do every check; the account owner always may."""
+        """Run ``then`` if the caller may do every check. Decided here from cached effective
+        policies; on a miss, RAM is asked for them once."""
         caller = getattr(msg.body, "caller")
+        context = getattr(msg.body, "request_context", {})
+        checks = [ram.Check(action=c.action, resource=c.resource, context={**context, **c.context}) for c in checks]
         if caller.identity_type == "Account" and caller.account_id == self.account_id:
             return then(now)
 
-        def decided(reply: object, now: float) -> list[Effect]:
-            assert isinstance(reply, ram.AuthorizeOk)
-            missing = [ram.Decision(allowed=False, reason="RAM gave no decision")] * (len(checks) - len(reply.decisions))
-            for check, decision in zip(checks, [*reply.decisions, *missing]):  # no decision is a denial
+        def decide(entry: Entry, now: float) -> list[Effect]:
+            for check in checks:
+                decision = self.cache.decide(entry, caller, check, now)
                 if not decision.allowed:
                     if check.action.lower() == "ram:passrole":
-                        problem = error("InvalidUser.PassRoleForbidden", "The RAM user does not have the privilege to pass a RAM role.", 403)
+                        problem = explain.denied("InvalidUser.PassRoleForbidden", "The RAM user does not have the privilege to pass a RAM role.",
+                                                 403, caller, check.action, decision)
                     else:
-                        problem = error("Forbidden.RAM", f"User not authorized to operate on the specified resource: {decision.reason}", 403)
-                    return [Reply(msg, problem), Log("access_denied", "info", {"principal": caller.arn, "action": check.action})]
+                        problem = explain.denied("Forbidden.RAM", "User not authorized to operate on the specified resource.",
+                                                 403, caller, check.action, decision)
+                    return [Reply(msg, problem), Log("access_denied", "info", {"principal": caller.arn, "action": check.action,
+                                                                               "reason": decision.reason})]
             return then(now)
 
-        return [Request("ram", ram.Authorize(principal=caller, checks=checks), Gate(msg, decided), trace_id=msg.trace_id)]
+        entry = self.cache.get(caller)
+        if entry is not None:
+            return decide(entry, now)
+
+        def fetched(reply: object, now: float) -> list[Effect]:
+            assert isinstance(reply, ram.GetEffectivePoliciesOk)
+            return decide(self.cache.put(caller, reply), now)
+
+        return [Request("ram", ram.GetEffectivePolicies(principal=caller), Gate(msg, fetched), trace_id=msg.trace_id)]
 
     def _with_ecs_role(self, msg: Envelope, role_name: str, then: Callable[[ram.Role, float], list[Effect]], *, not_ecs_status: int) -> list[Effect]:
         """Look the role up in RAM; go on only if it trusts ECS."""

@@ -52,7 +52,8 @@ def make_app(client: BusClient, settings: Settings) -> web.Application:
             return respond(who, request_id, product)
         if isinstance(parsed.command, Error):
             return respond(parsed.command, request_id, product)
-        command = msgspec.structs.replace(parsed.command, caller=who.principal)  # type: ignore[type-var]
+        observed = {"acs:SourceIp": request.remote or "", "acs:SecureTransport": "true" if request.secure else "false"}
+        command = msgspec.structs.replace(parsed.command, caller=who.principal, request_context=observed)  # type: ignore[type-var]
         reply = await client.request(parsed.product, command, timeout=settings.request_timeout, trace_id=trace_id)
         log.info("request_served", action=type(command).__name__, principal=who.principal.arn,
                  outcome=reply.code if isinstance(reply, Error) else "ok")

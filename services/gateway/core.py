@@ -34,7 +34,7 @@ VERSIONS = {product: version for version, (product, _) in PRODUCTS.items()}
 SIGNATURE_PARAMS = ("AccessKeyId", "Signature", "SignatureMethod", "SignatureVersion", "SignatureNonce", "Timestamp")
 COMMON_PARAMS = frozenset({"Action", "Version", "Format", "SecurityToken", "SignatureType", "RegionId"} | set(SIGNATURE_PARAMS))
 # Message fields a client may never set: the gateway fills them in.
-RESERVED = frozenset({"Caller", "type"})
+RESERVED = frozenset({"Caller", "RequestContext", "type"})
 MAX_SKEW = 15 * 60  # seconds a request's timestamp may differ from the server's clock
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _AT = re.compile(r"at `\$\.([^`]+)`")
@@ -137,7 +137,7 @@ class Gateway:
             self._oldest = min(self._nonces.values(), default=now)
         if nonce in self._nonces:
             return error("SignatureNonceUsed", "Specified signature nonce was used already.")
-        self._nonces[nonce] = now
+        self._nonces[nonce] = stamp  # by its timestamp: it can be replayed until stamp + max_skew
         return None
 
     def _command(self, version: str, action: str, params: dict[str, str], credential: common.Authenticate) -> Call:
@@ -171,9 +171,11 @@ def verifier(access_key_id: str) -> str:
 def render(body: Message, request_id: str, product: str) -> tuple[int, dict[str, object]]:
     """An Alibaba JSON response: the reply's fields plus RequestId, or the error shape."""
     if isinstance(body, Error):
-        return body.http_status, {"RequestId": request_id, "HostId": f"{product}.aliyuncs.com", "Code": body.code,
-                                  "Message": body.message,
-                                  "Recommend": f"https://api.aliyun.com/troubleshoot?q={body.code}"}
+        shaped: dict[str, object] = {"RequestId": request_id, "HostId": f"{product}.aliyuncs.com", "Code": body.code,
+                                     "Message": body.message, "Recommend": f"https://api.aliyun.com/troubleshoot?q={body.code}"}
+        if body.access_denied_detail is not None:
+            shaped["AccessDeniedDetail"] = msgspec.to_builtins(body.access_denied_detail)
+        return body.http_status, shaped
     data = msgspec.to_builtins(body)
     data.pop("type", None)
     return 200, {"RequestId": request_id, **data}

@@ -108,7 +108,7 @@ class MetadataCore:
             return NOT_FOUND
         if view.http_endpoint == "disabled":
             return Answer(403, "Forbidden: the metadata service is disabled for this instance (HttpEndpoint=disabled)")
-        path = "/" + path.split("/", 3)[3] if path.startswith("http://") else path
+        path = "/" + "".join(path.split("/", 3)[3:]) if path.startswith("http://") else path  # "http://h" is "/"
         if path == "/latest/api/token":
             return self._issue_token(view, method, headers, now) if method == "PUT" else Answer(405, "Method Not Allowed")
         if method not in ("GET", "HEAD"):

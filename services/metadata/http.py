@@ -42,17 +42,18 @@ class Listeners:
         self._announced_at = 0
 
     async def reconcile(self) -> None:
-        """Open a listener for every instance the core serves, close the rest."""
-        wanted = self.core.serving()
-        for instance_id in sorted(wanted - self._runners.keys()):
-            await self._open(instance_id)
-        for instance_id in sorted(self._runners.keys() - wanted):
-            await self._runners.pop(instance_id).cleanup()
-            self.urls.pop(instance_id, None)
-        if self.core.registered != self._announced_at:  # ECS (re)learnt this host: tell it again
+        """Open a listener for every instance the core serves, close the rest; when ECS has
+        (re)learnt this host, tell it again where the existing listeners are."""
+        if self.core.registered != self._announced_at:
             self._announced_at = self.core.registered
             for instance_id, url in sorted(self.urls.items()):
                 await self.announce(instance_id, url)
+        wanted = self.core.serving()
+        for instance_id in sorted(wanted - self._runners.keys()):
+            await self._open(instance_id)  # announces it
+        for instance_id in sorted(self._runners.keys() - wanted):
+            await self._runners.pop(instance_id).cleanup()
+            self.urls.pop(instance_id, None)
 
     async def close(self) -> None:
         for runner in self._runners.values():

@@ -1,59 +1,42 @@
-"""Pure core: RAM. One account with a root identity; users and their AccessKeys; roles with
-trust policies; custom and system policies and their attachments; authentication of
-AccessKey-signed requests; authorization decisions for every other service.
+"""Pure core: RAM. The account and its root identity, the directory (users, AccessKeys,
+groups, roles, policies with versions, attachments), authentication of AccessKey-signed
+requests, and the decisions every other service asks for.
 
-Told the time, handed entropy; no I/O. Every change publishes a past-tense event so that
-enforcement points elsewhere can react at once.
+Told the time, handed entropy; no I/O. RAM's own API is enforced as ``ram:<Action>`` on the
+entity's ARN. Every change that can alter a decision publishes a past-tense event carrying the
+directory's new ``generation``, *before* the reply to the change: an enforcement point that
+caches effective policies has dropped its cache by the time the caller can make its next call.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+import json
 from typing import Callable
 
-import msgspec
+from msgspec.structs import replace
 
-from protocol import errors, ids, topics
+from protocol import errors, topics
+from protocol.base import Message
 from protocol.envelope import Envelope
 from protocol.errors import Error, error
 from protocol.messages import common, ram as m
 from protocol.times import iso
-from services.ram import policy
+from services.ram import explain, policy
+from services.ram.directory import Directory, KeyRecord, Kind
 from services.runtime import signing
 from services.runtime.effects import Effect, Log, Publish, Reply, dispatch
 
 NAME = "ram"
-ROLE_NAME = re.compile(r"^[a-zA-Z0-9.\-]{1,64}$")
-USER_NAME = re.compile(r"^[a-zA-Z0-9.\-_]{1,64}$")
-POLICY_NAME = re.compile(r"^[a-zA-Z0-9\-]{1,128}$")
-MAX_ACCESS_KEYS = 2
+Result = Message | Error | tuple[Message, Message]  # a reply, an error, or (event, reply)
 
 
-@dataclass
-class RoleRecord:
-    role: m.Role
-    trust: policy.Document
-    policies: list[tuple[str, str, str]] = field(default_factory=list)  # (type, name, attach date)
-
-
-@dataclass
-class PolicyRecord:
-    policy: m.Policy
-    document: policy.Document
-
-
-@dataclass
-class UserRecord:
-    user: m.User
-    policies: list[tuple[str, str, str]] = field(default_factory=list)
-
-
-@dataclass
-class KeyRecord:
-    access_key: m.AccessKey  # without the secret
-    secret: str
-    user_name: str  # "" for the root identity
+def page(items: list, marker: str, max_items: int) -> tuple[list, bool, str]:
+    """Alibaba's Marker/MaxItems paging: the marker is the index to resume from."""
+    start = int(marker) if marker.isdigit() else 0
+    size = max(1, min(max_items or 100, 1000))
+    chunk = items[start:start + size]
+    more = start + size < len(items)
+    return chunk, more, str(start + size) if more else ""
 
 
 class RamCore:
@@ -62,32 +45,18 @@ class RamCore:
     def __init__(self, *, account_id: str, root_access_key_id: str, root_access_key_secret: str,
                  entropy: Callable[[int], bytes], now: float) -> None:
         self.account_id = account_id
-        self._entropy = entropy
-        self.roles: dict[str, RoleRecord] = {}
-        self.users: dict[str, UserRecord] = {}
-        self.policies: dict[tuple[str, str], PolicyRecord] = {}
-        self.keys: dict[str, KeyRecord] = {}
+        self.dir = Directory(account_id, entropy)
         if root_access_key_id:
-            self.keys[root_access_key_id] = KeyRecord(
-                m.AccessKey(access_key_id=root_access_key_id, status="Active", create_date=iso(now)),
-                root_access_key_secret, "")
+            root_key = m.AccessKey(access_key_id=root_access_key_id, status="Active", create_date=iso(now))
+            self.dir.keys[root_access_key_id] = KeyRecord(root_key, root_access_key_secret, "")
         for name, (description, text) in policy.SYSTEM_POLICIES.items():
-            self.policies[("System", name)] = PolicyRecord(
-                m.Policy(policy_name=name, policy_type="System", description=description, create_date=iso(now)),
-                policy.parse(text))
-        self._table = {
+            self.dir.add_system_policy(name, description, text, now)
+        self._session_policies: dict[str, policy.Document] = {}
+        self._table: dict[type, Callable[[Envelope, float], list[Effect]]] = {
             common.Authenticate: self._authenticate,
             m.Authorize: self._authorize,
-            m.CreateRole: self._api(self._create_role),
-            m.GetRole: self._api(self._get_role),
-            m.CreatePolicy: self._api(self._create_policy),
-            m.AttachPolicyToRole: self._api(self._attach_policy_to_role),
-            m.DetachPolicyFromRole: self._api(self._detach_policy_from_role),
-            m.ListPoliciesForRole: self._api(self._list_policies_for_role),
-            m.CreateUser: self._api(self._create_user),
-            m.CreateAccessKey: self._api(self._create_access_key),
-            m.UpdateAccessKey: self._api(self._update_access_key),
-            m.AttachPolicyToUser: self._api(self._attach_policy_to_user),
+            m.GetEffectivePolicies: self._effective_policies,
+            **{kind: self._api(handler) for kind, handler in self._handlers().items()},
         }
 
     # -- the Core protocol ----------------------------------------------------------------
@@ -111,16 +80,15 @@ class RamCore:
         return common.Principal(identity_type="Account", account_id=self.account_id,
                                 arn=f"acs:ram::{self.account_id}:root", principal_id=self.account_id)
 
-    def user_principal(self, record: UserRecord, access_key_id: str = "") -> common.Principal:
+    def user_principal(self, user: m.User, access_key_id: str = "") -> common.Principal:
         return common.Principal(identity_type="RAMUser", account_id=self.account_id,
-                                arn=f"acs:ram::{self.account_id}:user/{record.user.user_name}",
-                                principal_id=record.user.user_id, user_name=record.user.user_name,
-                                access_key_id=access_key_id)
+                                arn=f"acs:ram::{self.account_id}:user/{user.user_name}", principal_id=user.user_id,
+                                user_name=user.user_name, access_key_id=access_key_id)
 
     def _authenticate(self, msg: Envelope, now: float) -> list[Effect]:
         body = msg.body
         assert isinstance(body, common.Authenticate)
-        key = self.keys.get(body.access_key_id)
+        key = self.dir.keys.get(body.access_key_id)
         if key is None:
             return [Reply(msg, error("InvalidAccessKeyId.NotFound", "Specified access key is not found.", 404))]
         if key.access_key.status != "Active":
@@ -128,215 +96,294 @@ class RamCore:
         if not signing.verify(key.secret, body.string_to_sign, body.signature, body.signature_method):
             return [Reply(msg, error("SignatureDoesNotMatch", "Specified signature is not matched with our calculation.", 400)),
                     Log("signature_mismatch", "warning", {"access_key_id": body.access_key_id})]
-        if not key.user_name:
-            principal = self.root()
-        else:
-            principal = self.user_principal(self.users[key.user_name], body.access_key_id)
+        user = self.dir.users.get(key.user_name) if key.user_name else None
+        principal = self.user_principal(user, body.access_key_id) if user else self.root()
         return [Reply(msg, common.AuthenticateOk(principal=principal))]
 
     # -- decisions ------------------------------------------------------------------------
-    def decide(self, principal: common.Principal, action: str, resource: str) -> m.Decision:
-        if principal.identity_type in ("Account", "Service") and principal.account_id == self.account_id:
-            return m.Decision(allowed=True, reason=f"{principal.arn} is the account owner")
+    def decide(self, principal: common.Principal, check: m.Check, now: float) -> m.Decision:
+        """May ``principal`` do ``check``? Unknown or foreign principals are denied, never an error."""
         if principal.account_id != self.account_id:
-            return m.Decision(allowed=False, reason="principal belongs to another account")
-        if principal.identity_type == "RAMUser":
-            record = self.users.get(principal.user_name)
-            attached = record.policies if record else []
-        elif principal.identity_type == "AssumedRoleUser":
-            role = self.roles.get(principal.role_name)
-            attached = role.policies if role else []
-        else:
-            return m.Decision(allowed=False, reason=f"unknown identity type {principal.identity_type}")
-        documents = [(f"{t}:{n}", self.policies[(t, n)].document) for t, n, _ in attached if (t, n) in self.policies]
-        verdict = policy.evaluate(documents, action, resource)
-        if verdict.allowed and principal.session_policy:
-            session = policy.evaluate([("session-policy", policy.parse(principal.session_policy))], action, resource)
-            if not session.allowed:
-                return m.Decision(allowed=False, reason=f"session policy: {session.reason}")
-        return m.Decision(allowed=verdict.allowed, reason=verdict.reason)
+            return m.Decision(allowed=False, reason="the principal belongs to another account")
+        if principal.identity_type in ("Account", "Service"):
+            return m.Decision(allowed=True, reason=f"{principal.arn} is the account owner", decision="Allow")
+        holder = self._holder(principal)
+        if isinstance(holder, Error):
+            return m.Decision(allowed=False, reason=holder.message)
+        session = self._session(principal)
+        context = {"acs:CurrentTime": iso(now), "acs:PrincipalARN": principal.arn, **check.context}
+        request = policy.RequestContext(action=check.action, resource=check.resource, keys=context)
+        return explain.decision(policy.decide(self.dir.effective(*holder), request, session=session))
+
+    def _holder(self, principal: common.Principal) -> tuple[Kind, str] | Error:
+        if principal.identity_type == "RAMUser" and principal.user_name in self.dir.users:
+            return "User", principal.user_name
+        if principal.identity_type == "AssumedRoleUser" and principal.role_name in self.dir.roles:
+            return "Role", principal.role_name
+        return error("EntityNotExist", f"the principal {principal.arn} does not exist")
+
+    def _session(self, principal: common.Principal) -> list[policy.NamedPolicy]:
+        text = principal.session_policy
+        if not text:
+            return []
+        document = self._session_policies.get(text)
+        if document is None:
+            document = self._session_policies[text] = policy.parse(text, max_chars=2048)
+        return [policy.NamedPolicy("session-policy", "", document)]
 
     def _authorize(self, msg: Envelope, now: float) -> list[Effect]:
         body = msg.body
         assert isinstance(body, m.Authorize)
-        decisions = [self.decide(body.principal, c.action, c.resource) for c in body.checks]
-        return [Reply(msg, m.AuthorizeOk(decisions=decisions))]
+        decisions = [self.decide(body.principal, c, now) for c in body.checks]
+        return [Reply(msg, m.AuthorizeOk(decisions=decisions, generation=self.dir.generation))]
 
-    def _api(self, handler: Callable[[Envelope, float], list[Effect] | Error]) -> Callable[[Envelope, float], list[Effect]]:
-        """Authorize ``ram:<Action>`` for the caller, then run ``handler``; an Error it returns
-        becomes the reply."""
+    def _effective_policies(self, msg: Envelope, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.GetEffectivePolicies)
+        principal = body.principal
+        if principal.account_id == self.account_id and principal.identity_type in ("Account", "Service"):
+            return [Reply(msg, m.GetEffectivePoliciesOk(policies=[], all_allowed=True, generation=self.dir.generation))]
+        holder = self._holder(principal) if principal.account_id == self.account_id else error("EntityNotExist", "foreign")
+        named = [] if isinstance(holder, Error) else self.dir.effective(*holder)
+        documents = [m.PolicyDocument(name=p.name, version=p.version, document=p.document.text) for p in named]
+        return [Reply(msg, m.GetEffectivePoliciesOk(policies=documents, generation=self.dir.generation))]
+
+    # -- the API --------------------------------------------------------------------------
+    def _api(self, handler: Callable[..., Result]) -> Callable[[Envelope, float], list[Effect]]:
+        """Enforce ``ram:<Action>`` on the target's ARN, run ``handler(body, caller, now)``, and
+        publish the event it returns before the reply."""
 
         def run(msg: Envelope, now: float) -> list[Effect]:
-            caller = getattr(msg.body, "caller", None)
+            body = msg.body
+            caller = getattr(body, "caller", None)
             if caller is None:
                 return [Reply(msg, errors.no_permission("The request is not authenticated."))]
-            action = f"ram:{type(msg.body).__name__}"
-            decision = self.decide(caller, action, self._resource(msg.body))
-            if not decision.allowed:
-                return [Reply(msg, errors.no_permission(decision.reason)),
-                        Log("access_denied", "info", {"principal": caller.arn, "action": action})]
-            result = handler(msg, now)
-            return [Reply(msg, result)] if isinstance(result, Error) else result
+            action = f"ram:{type(body).__name__}"
+            check = m.Check(action=action, resource=self._resource(body), context=body.request_context)
+            verdict = self.decide(caller, check, now)
+            if not verdict.allowed:
+                return [Reply(msg, explain.denied("NoPermission", "You are not authorized to do this action.", 403, caller, action, verdict)),
+                        Log("access_denied", "info", {"principal": caller.arn, "action": action, "reason": verdict.reason})]
+            result = handler(body, caller, now)
+            if isinstance(result, tuple):
+                event, reply = result
+                return [Publish(topics.event(NAME, type(event).__name__), event), Reply(msg, reply)]
+            return [Reply(msg, result)]
 
         return run
 
     def _resource(self, body: object) -> str:
         base = f"acs:ram:*:{self.account_id}"
-        for attr, kind in (("role_name", "role"), ("user_name", "user"), ("policy_name", "policy")):
+        for attr, kind in (("role_name", "role"), ("user_name", "user"), ("group_name", "group"), ("policy_name", "policy")):
             name = getattr(body, attr, "")
             if name:
                 return f"{base}:{kind}/{name}"
         return f"{base}:*"
 
-    # -- roles ----------------------------------------------------------------------------
-    def _create_role(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.CreateRole)
-        if not ROLE_NAME.match(body.role_name):
-            return error("InvalidParameter.RoleName.InvalidChars", 'The parameter - "RoleName" contains invalid chars or is beyond the length limit.')
-        if not 3600 <= body.max_session_duration <= 43200:
-            return error("InvalidParameter.MaxSessionDuration", "MaxSessionDuration must be 3600-43200 seconds.")
-        if body.role_name in self.roles:
-            return error("EntityAlreadyExists.Role", "The role does already EXIST.", 409)
-        try:
-            trust = policy.parse(body.assume_role_policy_document, trust=True)
-        except policy.PolicyError as exc:
-            return error("MalformedPolicyDocument", f"AssumeRolePolicyDocument: {exc}")
-        role_id = ids.numeric_id(self._entropy(8), 17)
-        role = m.Role(role_id=role_id, role_name=body.role_name, arn=f"acs:ram::{self.account_id}:role/{body.role_name}",
-                      assume_role_policy_document=body.assume_role_policy_document, create_date=iso(now),
-                      max_session_duration=body.max_session_duration, description=body.description)
-        self.roles[body.role_name] = RoleRecord(role, trust)
-        return [Reply(msg, m.CreateRoleOk(role=role)), Publish(topics.event(NAME, "RoleCreated"), m.RoleCreated(role=role))]
+    def _event(self, kind: type, reply: Message, **fields: object) -> tuple[Message, Message]:
+        return kind(**fields, generation=self.dir.generation), reply
 
-    def _get_role(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.GetRole)
-        record = self.roles.get(body.role_name)
-        if record is None:
-            return error("EntityNotExist.Role", "The specified Role not exists.", 404)
-        return [Reply(msg, m.GetRoleOk(role=record.role))]
+    def _handlers(self) -> dict[type, Callable[..., Result]]:
+        d = self.dir
+        gen = self._event
 
-    def _attach_policy_to_role(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.AttachPolicyToRole)
-        role = self.roles.get(body.role_name)
-        if role is None:
-            return error("EntityNotExist.Role", "The specified Role not exists.", 404)
-        found = self._find_policy(body.policy_type, body.policy_name)
-        if isinstance(found, Error):
-            return found
-        if any((t, n) == (body.policy_type, body.policy_name) for t, n, _ in role.policies):
-            return error("EntityAlreadyExists.Role.Policy", "The policy is already attached to the role.", 409)
-        role.policies.append((body.policy_type, body.policy_name, iso(now)))
-        event = m.PolicyAttachedToRole(policy_type=body.policy_type, policy_name=body.policy_name, role_name=body.role_name)
-        return [Reply(msg, m.AttachPolicyToRoleOk()), Publish(topics.event(NAME, "PolicyAttachedToRole"), event)]
+        def ok_or(problem: Error | None, event: type, reply: Message, **fields: object) -> Result:
+            return problem if problem is not None else gen(event, reply, **fields)
 
-    def _detach_policy_from_role(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.DetachPolicyFromRole)
-        role = self.roles.get(body.role_name)
-        if role is None:
-            return error("EntityNotExist.Role", "The specified Role not exists.", 404)
-        kept = [p for p in role.policies if (p[0], p[1]) != (body.policy_type, body.policy_name)]
-        if len(kept) == len(role.policies):
-            return error("EntityNotExist.Role.Policy", "The policy is not attached to the role.", 404)
-        role.policies = kept
-        event = m.PolicyDetachedFromRole(policy_type=body.policy_type, policy_name=body.policy_name, role_name=body.role_name)
-        return [Reply(msg, m.DetachPolicyFromRoleOk()), Publish(topics.event(NAME, "PolicyDetachedFromRole"), event)]
+        def value(found: object, wrap: Callable[[object], Result]) -> Result:
+            return found if isinstance(found, Error) else wrap(found)
 
-    def _list_policies_for_role(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.ListPoliciesForRole)
-        role = self.roles.get(body.role_name)
-        if role is None:
-            return error("EntityNotExist.Role", "The specified Role not exists.", 404)
-        listed = [self._attached(t, n, date) for t, n, date in role.policies]
-        return [Reply(msg, m.ListPoliciesForRoleOk(policies=m.PolicyList(policy=listed)))]
+        return {
+            # roles
+            m.CreateRole: lambda b, c, now: value(d.create_role(b.role_name, b.assume_role_policy_document, b.description,
+                                                                b.max_session_duration, now),
+                                                  lambda r: gen(m.RoleCreated, m.CreateRoleOk(role=r), role=r)),
+            m.GetRole: lambda b, c, now: value(d.role(b.role_name), lambda found: m.GetRoleOk(role=found[0])),
+            m.UpdateRole: lambda b, c, now: value(d.update_role(b.role_name, b.new_assume_role_policy_document,
+                                                                b.new_max_session_duration, b.new_description, now),
+                                                  lambda r: gen(m.RoleChanged, m.UpdateRoleOk(role=r), role_name=r.role_name)),
+            m.DeleteRole: lambda b, c, now: ok_or(d.delete_role(b.role_name), m.RoleChanged, m.DeleteRoleOk(),
+                                                  role_name=b.role_name, deleted=True),
+            m.ListRoles: lambda b, c, now: self._list(m.ListRolesOk, "roles", m.RoleList, [r for r, _ in d.roles.values()], b),
+            # users and keys
+            m.CreateUser: lambda b, c, now: value(d.create_user(b.user_name, b.display_name, b.comments, now),
+                                                  lambda u: gen(m.UserCreated, m.CreateUserOk(user=u), user=u)),
+            m.GetUser: lambda b, c, now: value(d.user(b.user_name), lambda u: m.GetUserOk(user=u)),
+            m.UpdateUser: lambda b, c, now: value(d.update_user(b.user_name, b.new_user_name, b.new_display_name, b.new_comments, now),
+                                                  lambda u: gen(m.UserChanged, m.UpdateUserOk(user=u), user_name=b.user_name,
+                                                                new_user_name=u.user_name)),
+            m.DeleteUser: lambda b, c, now: ok_or(d.delete_user(b.user_name), m.UserChanged, m.DeleteUserOk(),
+                                                  user_name=b.user_name, deleted=True),
+            m.ListUsers: lambda b, c, now: self._list(m.ListUsersOk, "users", m.UserList, list(d.users.values()), b),
+            m.CreateAccessKey: self._create_access_key,
+            m.UpdateAccessKey: self._update_access_key,
+            m.DeleteAccessKey: self._delete_access_key,
+            m.ListAccessKeys: self._list_access_keys,
+            # groups
+            m.CreateGroup: lambda b, c, now: value(d.create_group(b.group_name, b.comments, now), lambda g: m.CreateGroupOk(group=g)),
+            m.GetGroup: lambda b, c, now: value(d.group(b.group_name), lambda g: m.GetGroupOk(group=g)),
+            m.UpdateGroup: lambda b, c, now: value(d.update_group(b.group_name, b.new_group_name, b.new_comments, now),
+                                                   lambda g: gen(m.GroupChanged, m.UpdateGroupOk(group=g), group_name=b.group_name,
+                                                                 new_group_name=g.group_name)),
+            m.DeleteGroup: lambda b, c, now: ok_or(d.delete_group(b.group_name), m.GroupChanged, m.DeleteGroupOk(),
+                                                   group_name=b.group_name, deleted=True),
+            m.ListGroups: lambda b, c, now: self._list(m.ListGroupsOk, "groups", m.GroupList, list(d.groups.values()), b),
+            m.AddUserToGroup: lambda b, c, now: ok_or(d.join(b.user_name, b.group_name, now), m.GroupMembershipChanged,
+                                                      m.AddUserToGroupOk(), user_name=b.user_name, group_name=b.group_name, member=True),
+            m.RemoveUserFromGroup: lambda b, c, now: ok_or(d.leave(b.user_name, b.group_name), m.GroupMembershipChanged,
+                                                           m.RemoveUserFromGroupOk(), user_name=b.user_name,
+                                                           group_name=b.group_name, member=False),
+            m.ListGroupsForUser: lambda b, c, now: value(d.user(b.user_name), lambda u: m.ListGroupsForUserOk(groups=m.GroupList(
+                group=[replace(d.groups[g], join_date=d.members[g][b.user_name]) for g in d.groups_of(b.user_name)]))),
+            m.ListUsersForGroup: lambda b, c, now: value(d.group(b.group_name), lambda g: self._list(
+                m.ListUsersForGroupOk, "users", m.UserList,
+                [replace(d.users[u], join_date=j) for u, j in d.members[b.group_name].items()], b)),
+            # policies and versions
+            m.CreatePolicy: lambda b, c, now: value(d.create_policy(b.policy_name, b.policy_document, b.description, now),
+                                                    lambda p: gen(m.PolicyCreated, m.CreatePolicyOk(policy=p), policy=p)),
+            m.GetPolicy: lambda b, c, now: value(d.find_policy(b.policy_type, b.policy_name), lambda r: m.GetPolicyOk(
+                policy=r.policy, default_policy_version=d.version_shape(r, r.policy.default_version))),
+            m.DeletePolicy: lambda b, c, now: ok_or(d.delete_policy(b.policy_name), m.PolicyChanged, m.DeletePolicyOk(),
+                                                    policy_type="Custom", policy_name=b.policy_name, deleted=True),
+            m.ListPolicies: self._list_policies,
+            m.CreatePolicyVersion: self._create_policy_version,
+            m.GetPolicyVersion: lambda b, c, now: value(d.find_policy(b.policy_type, b.policy_name), lambda r: value(
+                d.version(r, b.version_id), lambda v: m.GetPolicyVersionOk(policy_version=d.version_shape(r, b.version_id)))),
+            m.ListPolicyVersions: lambda b, c, now: value(d.find_policy(b.policy_type, b.policy_name), lambda r: m.ListPolicyVersionsOk(
+                policy_versions=m.PolicyVersionList(policy_version=[d.version_shape(r, v) for v in r.versions]))),
+            m.SetDefaultPolicyVersion: lambda b, c, now: ok_or(d.set_default(b.policy_name, b.version_id, now), m.PolicyChanged,
+                                                               m.SetDefaultPolicyVersionOk(), policy_type="Custom",
+                                                               policy_name=b.policy_name, default_version=b.version_id),
+            m.DeletePolicyVersion: lambda b, c, now: d.delete_version(b.policy_name, b.version_id) or m.DeletePolicyVersionOk(),
+            # attachments
+            m.AttachPolicyToUser: self._attachment("User", True, m.PolicyAttachedToUser, m.AttachPolicyToUserOk),
+            m.DetachPolicyFromUser: self._attachment("User", False, m.PolicyDetachedFromUser, m.DetachPolicyFromUserOk),
+            m.AttachPolicyToGroup: self._attachment("Group", True, m.PolicyAttachedToGroup, m.AttachPolicyToGroupOk),
+            m.DetachPolicyFromGroup: self._attachment("Group", False, m.PolicyDetachedFromGroup, m.DetachPolicyFromGroupOk),
+            m.AttachPolicyToRole: self._attachment("Role", True, m.PolicyAttachedToRole, m.AttachPolicyToRoleOk),
+            m.DetachPolicyFromRole: self._attachment("Role", False, m.PolicyDetachedFromRole, m.DetachPolicyFromRoleOk),
+            m.ListPoliciesForUser: lambda b, c, now: value(d.attached_policies("User", b.user_name),
+                                                           lambda ps: m.ListPoliciesForUserOk(policies=m.PolicyList(policy=ps))),
+            m.ListPoliciesForGroup: lambda b, c, now: value(d.attached_policies("Group", b.group_name),
+                                                            lambda ps: m.ListPoliciesForGroupOk(policies=m.PolicyList(policy=ps))),
+            m.ListPoliciesForRole: lambda b, c, now: value(d.attached_policies("Role", b.role_name),
+                                                           lambda ps: m.ListPoliciesForRoleOk(policies=m.PolicyList(policy=ps))),
+            m.ListEntitiesForPolicy: self._entities_for_policy,
+            m.SimulatePrincipalPolicy: self._simulate,
+        }
 
-    # -- policies -------------------------------------------------------------------------
-    def _find_policy(self, policy_type: str, name: str) -> PolicyRecord | Error:
-        if policy_type not in ("System", "Custom"):
-            return error("InvalidParameter.PolicyType", 'The parameter - "PolicyType" is incorrect.')
-        record = self.policies.get((policy_type, name))
-        if record is None:
-            return error("EntityNotExist.Policy", f"The policy {policy_type}:{name} does not exist.", 404)
-        return record
+    def _list(self, reply: type, field: str, wrapper: type, items: list, body: object) -> Message:
+        chunk, more, marker = page(items, getattr(body, "marker", ""), getattr(body, "max_items", 100))
+        inner = {"roles": "role", "users": "user", "groups": "group", "policies": "policy"}[field]
+        return reply(**{field: wrapper(**{inner: chunk}), "is_truncated": more, "marker": marker})
 
-    def _attached(self, policy_type: str, name: str, date: str) -> m.Policy:
-        p = self.policies[(policy_type, name)].policy
-        return m.Policy(policy_name=p.policy_name, policy_type=p.policy_type, default_version=p.default_version,
-                        description=p.description, attach_date=date)
+    def _attachment(self, kind: Kind, attach: bool, event: type, reply: type) -> Callable[..., Result]:
+        target = {"User": "user_name", "Group": "group_name", "Role": "role_name"}[kind]
 
-    def _create_policy(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.CreatePolicy)
-        if not POLICY_NAME.match(body.policy_name):
-            return error("InvalidParameter.PolicyName.InvalidChars", 'The parameter - "PolicyName" contains invalid chars or is beyond the length limit.')
-        if ("Custom", body.policy_name) in self.policies:
-            return error("EntityAlreadyExists.Policy", "The policy does already EXIST.", 409)
-        try:
-            document = policy.parse(body.policy_document)
-        except policy.PolicyError as exc:
-            return error("MalformedPolicyDocument", str(exc))
-        record = m.Policy(policy_name=body.policy_name, policy_type="Custom", description=body.description, create_date=iso(now))
-        self.policies[("Custom", body.policy_name)] = PolicyRecord(record, document)
-        return [Reply(msg, m.CreatePolicyOk(policy=record)), Publish(topics.event(NAME, "PolicyCreated"), m.PolicyCreated(policy=record))]
+        def run(body: object, caller: common.Principal, now: float) -> Result:
+            name, policy_type, policy_name = getattr(body, target), getattr(body, "policy_type"), getattr(body, "policy_name")
+            problem = self.dir.attach(kind, name, policy_type, policy_name, now) if attach else \
+                self.dir.detach(kind, name, policy_type, policy_name)
+            if problem is not None:
+                return problem
+            return self._event(event, reply(), policy_type=policy_type, policy_name=policy_name, **{target: name})
 
-    # -- users and AccessKeys -------------------------------------------------------------
-    def _create_user(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.CreateUser)
-        if not USER_NAME.match(body.user_name):
-            return error("InvalidParameter.UserName.InvalidChars", 'The parameter - "UserName" contains invalid chars or is beyond the length limit.')
-        if body.user_name in self.users:
-            return error("EntityAlreadyExists.User", "The user does already EXIST.", 409)
-        user = m.User(user_id=ids.numeric_id(self._entropy(8), 16), user_name=body.user_name, create_date=iso(now),
-                      display_name=body.display_name or body.user_name, comments=body.comments)
-        self.users[body.user_name] = UserRecord(user)
-        return [Reply(msg, m.CreateUserOk(user=user)), Publish(topics.event(NAME, "UserCreated"), m.UserCreated(user=user))]
+        return run
 
-    def _create_access_key(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.CreateAccessKey)
-        user_name = body.user_name or (body.caller.user_name if body.caller else "")
+    # -- handlers that need more than a line ------------------------------------------------
+    def _key_owner(self, user_name: str, caller: common.Principal) -> str:
+        return user_name or caller.user_name
+
+    def _create_access_key(self, body: m.CreateAccessKey, caller: common.Principal, now: float) -> Result:
+        user_name = self._key_owner(body.user_name, caller)
         if not user_name:
-            return error("MissingParameter", 'The input parameter "UserName" is mandatory when the caller is the account root.')
-        if user_name not in self.users:
-            return error("EntityNotExist.User", "The user does not exist.", 404)
-        if sum(1 for k in self.keys.values() if k.user_name == user_name) >= MAX_ACCESS_KEYS:
-            return error("LimitExceeded.User.AccessKey", f"A user can have at most {MAX_ACCESS_KEYS} AccessKeys.", 409)
-        key = m.AccessKey(access_key_id=ids.access_key_id(self._entropy(20)), status="Active", create_date=iso(now))
-        secret = ids.secret(self._entropy(30))
-        self.keys[key.access_key_id] = KeyRecord(key, secret, user_name)
-        shown = m.AccessKey(access_key_id=key.access_key_id, status=key.status, create_date=key.create_date, access_key_secret=secret)
-        return [Reply(msg, m.CreateAccessKeyOk(access_key=shown)),
-                Log("access_key_created", "info", {"user_name": user_name, "access_key_id": key.access_key_id})]
+            return errors.missing_parameter("UserName")
+        key = self.dir.create_access_key(user_name, now)
+        return key if isinstance(key, Error) else m.CreateAccessKeyOk(access_key=key)
 
-    def _update_access_key(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.UpdateAccessKey)
+    def _update_access_key(self, body: m.UpdateAccessKey, caller: common.Principal, now: float) -> Result:
         if body.status not in ("Active", "Inactive"):
             return error("InvalidParameter.Status", 'The parameter - "Status" must be Active or Inactive.')
-        user_name = body.user_name or (body.caller.user_name if body.caller else "")
-        key = self.keys.get(body.user_access_key_id)
-        if key is None or not key.user_name or key.user_name != user_name:
-            return error("EntityNotExist.User.AccessKey", "The AccessKey does not exist for the user.", 404)
-        key.access_key = msgspec.structs.replace(key.access_key, status=body.status)
-        return [Reply(msg, m.UpdateAccessKeyOk()),
-                Log("access_key_updated", "info", {"user_name": user_name, "access_key_id": body.user_access_key_id, "status": body.status})]
+        user_name = self._key_owner(body.user_name, caller)
+        key = self.dir.user_key(user_name, body.user_access_key_id)
+        if isinstance(key, Error):
+            return key
+        key.access_key = replace(key.access_key, status=body.status)
+        self.dir.changed()
+        return self._event(m.AccessKeyChanged, m.UpdateAccessKeyOk(), access_key_id=body.user_access_key_id,
+                           user_name=user_name, status=body.status)
 
-    def _attach_policy_to_user(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        body = msg.body
-        assert isinstance(body, m.AttachPolicyToUser)
-        user = self.users.get(body.user_name)
-        if user is None:
-            return error("EntityNotExist.User", "The user does not exist.", 404)
-        found = self._find_policy(body.policy_type, body.policy_name)
+    def _delete_access_key(self, body: m.DeleteAccessKey, caller: common.Principal, now: float) -> Result:
+        user_name = self._key_owner(body.user_name, caller)
+        key = self.dir.user_key(user_name, body.user_access_key_id)
+        if isinstance(key, Error):
+            return key
+        del self.dir.keys[body.user_access_key_id]
+        self.dir.changed()
+        return self._event(m.AccessKeyChanged, m.DeleteAccessKeyOk(), access_key_id=body.user_access_key_id,
+                           user_name=user_name, status="Deleted")
+
+    def _list_access_keys(self, body: m.ListAccessKeys, caller: common.Principal, now: float) -> Result:
+        user_name = self._key_owner(body.user_name, caller)
+        user = self.dir.user(user_name)
+        if isinstance(user, Error):
+            return user
+        keys = [k.access_key for k in self.dir.keys.values() if k.user_name == user_name]
+        return m.ListAccessKeysOk(access_keys=m.AccessKeyList(access_key=keys))
+
+    def _list_policies(self, body: m.ListPolicies, caller: common.Principal, now: float) -> Result:
+        if body.policy_type not in ("", "System", "Custom"):
+            return error("InvalidParameter.PolicyType", 'The parameter - "PolicyType" is incorrect.')
+        counts: dict[tuple[str, str], int] = {}
+        for attachments in self.dir.attached.values():
+            for a in attachments:
+                counts[(a.policy_type, a.policy_name)] = counts.get((a.policy_type, a.policy_name), 0) + 1
+        items = [replace(r.policy, attachment_count=counts.get(k, 0)) for k, r in self.dir.policies.items()
+                 if not body.policy_type or k[0] == body.policy_type]
+        return self._list(m.ListPoliciesOk, "policies", m.PolicyList, items, body)
+
+    def _create_policy_version(self, body: m.CreatePolicyVersion, caller: common.Principal, now: float) -> Result:
+        version = self.dir.create_version(body.policy_name, body.policy_document, body.set_as_default, body.rotate_strategy, now)
+        if isinstance(version, Error):
+            return version
+        reply = m.CreatePolicyVersionOk(policy_version=version)
+        if not body.set_as_default:
+            return reply
+        return self._event(m.PolicyChanged, reply, policy_type="Custom", policy_name=body.policy_name,
+                           default_version=version.version_id)
+
+    def _entities_for_policy(self, body: m.ListEntitiesForPolicy, caller: common.Principal, now: float) -> Result:
+        found = self.dir.entities_for(body.policy_type, body.policy_name)
         if isinstance(found, Error):
             return found
-        if any((t, n) == (body.policy_type, body.policy_name) for t, n, _ in user.policies):
-            return error("EntityAlreadyExists.User.Policy", "The policy is already attached to the user.", 409)
-        user.policies.append((body.policy_type, body.policy_name, iso(now)))
-        event = m.PolicyAttachedToUser(policy_type=body.policy_type, policy_name=body.policy_name, user_name=body.user_name)
-        return [Reply(msg, m.AttachPolicyToUserOk()), Publish(topics.event(NAME, "PolicyAttachedToUser"), event)]
+        d = self.dir
+        return m.ListEntitiesForPolicyOk(
+            users=m.UserList(user=[replace(d.users[n], attach_date=a) for n, a in found["User"]]),
+            groups=m.GroupList(group=[replace(d.groups[n], attach_date=a) for n, a in found["Group"]]),
+            roles=m.RoleList(role=[d.roles[n][0] for n, _ in found["Role"]]))
+
+    def _simulate(self, body: m.SimulatePrincipalPolicy, caller: common.Principal, now: float) -> Result:
+        if body.principal_type == "User":
+            user = self.dir.user(body.principal_name)
+            if isinstance(user, Error):
+                return user
+            principal = self.user_principal(user)
+        elif body.principal_type == "Role":
+            found = self.dir.role(body.principal_name)
+            if isinstance(found, Error):
+                return found
+            role = found[0]
+            principal = common.Principal(identity_type="AssumedRoleUser", account_id=self.account_id,
+                                         arn=f"acs:ram::{self.account_id}:assumed-role/{role.role_name}/simulation",
+                                         principal_id=f"{role.role_id}:simulation", role_name=role.role_name, role_id=role.role_id)
+        else:
+            return error("InvalidParameter.PrincipalType", 'The parameter - "PrincipalType" must be User or Role.')
+        try:
+            context = json.loads(body.context) if body.context else {}
+        except ValueError:
+            context = None
+        if not isinstance(context, dict):
+            return errors.invalid_parameter("Context", "It must be a JSON object of condition keys.")
+        check = m.Check(action=body.action_name, resource=body.resource_name, context={k: str(v) for k, v in context.items()})
+        return m.SimulatePrincipalPolicyOk(decision=self.decide(principal, check, now))
+

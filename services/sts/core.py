@@ -25,8 +25,8 @@ from services.sts import tokens
 
 NAME = "sts"
 ECS_SERVICE = "ecs.aliyuncs.com"
-ROLE_ARN = re.compile(r"^acs:ram::(\d+):role/([a-zA-Z0-9.\-]{1,64})$")
-SESSION_NAME = re.compile(r"^[a-zA-Z0-9.@\-_]{2,64}$")
+ROLE_ARN = re.compile(r"^acs:ram::(\d+):role/([a-zA-Z0-9.\-]{1,64})\Z")  # \Z: "$" would let a trailing newline in
+SESSION_NAME = re.compile(r"^[a-zA-Z0-9.@\-_]{2,64}\Z")
 MIN_DURATION = 900
 MAX_POLICY = 2048
 
@@ -129,9 +129,11 @@ class StsCore:
                 if not policy.trusts(trust, "Service", caller.arn):
                     return [Reply(request, errors.no_permission(f"The role does not trust {caller.arn}."))]
             else:
-                if not (policy.trusts(trust, "RAM", caller.arn) or policy.trusts(trust, "RAM", f"acs:ram::{caller.account_id}:root")):
+                # the caller matches statements naming it or its account's root; a Deny in either wins
+                verdicts = [policy.explain_trust(trust, "RAM", name) for name in (caller.arn, f"acs:ram::{caller.account_id}:root")]
+                if any(v.decision == "ExplicitDeny" for v in verdicts) or not any(v.allowed for v in verdicts):
                     return [Reply(request, errors.no_permission(f"The role's trust policy does not allow {caller.arn}."))]
-                check = ram.Check(action="sts:AssumeRole", resource=body.role.arn)
+                check = ram.Check(action="sts:AssumeRole", resource=body.role.arn, context=assume.request_context)
                 return [Request("ram", ram.Authorize(principal=caller, checks=[check]), context, trace_id=request.trace_id)]
             return self._mint(context, now)
         if isinstance(body, ram.AuthorizeOk):

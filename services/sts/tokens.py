@@ -43,6 +43,8 @@ def open_token(key: bytes, token: str) -> Claims | None:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError):
         return None
+    if base64.urlsafe_b64encode(raw).decode().rstrip("=") != text:  # only the one canonical spelling
+        return None
     body, mac = raw[:-_MAC], raw[-_MAC:]
     if len(raw) <= _MAC or not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
         return None

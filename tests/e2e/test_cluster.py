@@ -116,3 +116,53 @@ async def test_bad_messages_on_every_topic_are_answered_or_dropped_and_nothing_b
     assert cluster.call("ram", "GetRole", RoleName="Survivor")["Role"]["RoleName"] == "Survivor"
     assert credentials(url, "Survivor") == before
     assert cluster.call("ecs", "DescribeInstances", RegionId=cluster.file.region_id)["TotalCount"] == 2
+
+
+async def test_a_policy_attached_takes_effect_on_the_very_next_call(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    make_role(cluster, "Empty")  # no policies yet
+    instance_id = launch(cluster, RamRoleName="Empty")
+    session = as_session(wait_until(lambda: credentials(metadata_url(cluster, instance_id), "Empty"), what="credential"))
+    region = cluster.file.region_id
+    try:
+        cluster.call("ecs", "DescribeInstances", session, RegionId=region)
+        raise AssertionError("allowed without a policy")
+    except api.ApiError as exc:
+        assert exc.code == "Forbidden.RAM"
+        detail = exc.body["AccessDeniedDetail"]
+        assert detail["AuthAction"] == "ecs:DescribeInstances" and detail["NoPermissionType"] == "ImplicitDeny"
+    cluster.call("ram", "AttachPolicyToRole", PolicyType="System", PolicyName="AliyunECSReadOnlyAccess", RoleName="Empty")
+    assert cluster.call("ecs", "DescribeInstances", session, RegionId=region)["TotalCount"] == 1  # the next call
+    cluster.call("ram", "DetachPolicyFromRole", PolicyType="System", PolicyName="AliyunECSReadOnlyAccess", RoleName="Empty")
+    try:
+        cluster.call("ecs", "DescribeInstances", session, RegionId=region)
+        raise AssertionError("still allowed after the detach")
+    except api.ApiError as exc:
+        assert exc.code == "Forbidden.RAM"
+
+
+async def test_a_user_without_pass_role_is_allowed_after_one_attach(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    make_role(cluster, "Passable")
+    cluster.call("ram", "CreateUser", UserName="ops")
+    key = cluster.call("ram", "CreateAccessKey", UserName="ops")["AccessKey"]
+    ops = api.Credential(key["AccessKeyId"], key["AccessKeySecret"])
+    cluster.call("ram", "AttachPolicyToUser", PolicyType="System", PolicyName="AliyunECSFullAccess", UserName="ops")
+    try:
+        launch_as = cluster.call("ecs", "RunInstances", ops, RegionId=cluster.file.region_id, RamRoleName="Passable")
+        raise AssertionError(f"allowed without ram:PassRole: {launch_as}")
+    except api.ApiError as exc:
+        assert exc.code == "InvalidUser.PassRoleForbidden"
+        assert exc.body["AccessDeniedDetail"]["AuthAction"] == "ram:PassRole"
+    explained = cluster.call("ram", "SimulatePrincipalPolicy", PrincipalType="User", PrincipalName="ops",
+                             ActionName="ram:PassRole", ResourceName=f"acs:ram:*:{cluster.file.account_id}:role/Passable")
+    assert explained["Decision"]["Allowed"] is False
+    pass_role = json.dumps({"Version": "1", "Statement": [{"Effect": "Allow", "Action": "ram:PassRole", "Resource": "acs:ram:*:*:role/Passable"}]})
+    cluster.call("ram", "CreatePolicy", PolicyName="PassPassable", PolicyDocument=pass_role)
+    cluster.call("ram", "AttachPolicyToUser", PolicyType="Custom", PolicyName="PassPassable", UserName="ops")
+    launched = cluster.call("ecs", "RunInstances", ops, RegionId=cluster.file.region_id, RamRoleName="Passable")
+    assert launched["InstanceIdSets"]["InstanceIdSet"][0].startswith("i-")
+    explained = cluster.call("ram", "SimulatePrincipalPolicy", PrincipalType="User", PrincipalName="ops",
+                             ActionName="ram:PassRole", ResourceName=f"acs:ram:*:{cluster.file.account_id}:role/Passable")
+    assert explained["Decision"]["Allowed"] is True
+    assert explained["Decision"]["Matches"][0]["Policy"] == "Custom:PassPassable"

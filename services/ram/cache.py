@@ -1,0 +1,78 @@
+"""Pure core: the effective-policy cache an enforcement point (ECS, OSS) keeps, so it decides
+by itself instead of asking RAM on every call.
+
+Entries are RAM's answer to ``GetEffectivePolicies`` for one principal, compiled once. Any
+RAM event carries RAM's new ``generation``; seeing one drops every entry older than it, and an
+answer older than the newest event seen is used for its own request but not kept. RAM publishes
+its event before replying to the change, and the broker delivers in order, so a call made after
+a change returns is decided with the change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.messages import common, ram as m
+from protocol.times import iso
+from services.ram import explain, policy
+
+
+@dataclass(frozen=True)
+class Entry:
+    generation: int
+    all_allowed: bool
+    policies: tuple[policy.NamedPolicy, ...]
+
+
+class PolicyCache:
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self.generation = 0  # the newest RAM generation seen
+        self._entries: dict[str, Entry] = {}
+        self._sessions: dict[str, policy.Document] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(principal: common.Principal) -> str:
+        """Policies attach to users and roles, not to sessions or keys."""
+        if principal.identity_type == "AssumedRoleUser":
+            return f"{principal.account_id}:role/{principal.role_name}"
+        if principal.identity_type == "RAMUser":
+            return f"{principal.account_id}:user/{principal.user_name}"
+        return f"{principal.account_id}:{principal.identity_type}"
+
+    def get(self, principal: common.Principal) -> Entry | None:
+        entry = self._entries.get(self.key(principal))
+        if entry is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def put(self, principal: common.Principal, answer: m.GetEffectivePoliciesOk) -> Entry:
+        entry = Entry(answer.generation, answer.all_allowed,
+                      tuple(policy.NamedPolicy(p.name, p.version, policy.parse(p.document)) for p in answer.policies))
+        if answer.generation >= self.generation:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[self.key(principal)] = entry
+        return entry
+
+    def observe(self, generation: int) -> None:
+        """A RAM event: anything cached before ``generation`` may be stale."""
+        if generation > self.generation:
+            self.generation = generation
+            self._entries = {k: e for k, e in self._entries.items() if e.generation >= generation}
+
+    def decide(self, entry: Entry, principal: common.Principal, check: m.Check, now: float) -> m.Decision:
+        if entry.all_allowed:
+            return m.Decision(allowed=True, reason=f"{principal.arn} is the account owner", decision="Allow")
+        session = []
+        if principal.session_policy:
+            document = self._sessions.get(principal.session_policy)
+            if document is None:
+                document = self._sessions[principal.session_policy] = policy.parse(principal.session_policy, max_chars=2048)
+            session = [policy.NamedPolicy("session-policy", "", document)]
+        context = {"acs:CurrentTime": iso(now), "acs:PrincipalARN": principal.arn, **check.context}
+        request = policy.RequestContext(action=check.action, resource=check.resource, keys=context)
+        return explain.decision(policy.decide(entry.policies, request, session=session))
