@@ -38,7 +38,7 @@ async def embedded_cluster(*, time_scale: float = 1.0, credential_lifetime: int 
     root_id, root_secret = ids.access_key_id(os.urandom(20)), ids.secret(os.urandom(30))
     settings = Settings(time_scale=time_scale, time_origin=time.time(), account_id=ids.numeric_id(os.urandom(8), 16),
                         credential_lifetime=credential_lifetime, refresh_before=refresh_before,
-                        root_access_key_id=root_id, root_access_key_secret=root_secret)
+                        root_access_key_id=root_id, root_access_key_secret=root_secret, sts_signing_key=os.urandom(32).hex())
     broker, entropy, clock = MemoryBroker(), SystemEntropy(), clock_for(settings)
     async with contextlib.AsyncExitStack() as stack:
         # The gateway first: the metadata agents' proxies forward to it.

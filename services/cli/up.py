@@ -200,7 +200,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
         await _wait_port(port, deadline, processes[0])
         py = sys.executable
         plan = [("ram", {"RAMSIM_ROOT_ACCESS_KEY_ID": root_id, "RAMSIM_ROOT_ACCESS_KEY_SECRET": root_secret}),
-                ("sts", {}), ("ecs", {}), ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)})]
+                ("sts", {"RAMSIM_STS_SIGNING_KEY": os.urandom(32).hex()}), ("ecs", {}), ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)})]
         plan += [(f"metadata-host-{i}", {"RAMSIM_HOST_ID": f"host-{i}", "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
                  for i in range(1, options.hosts + 1)]
         for name, extra in plan:

@@ -37,7 +37,8 @@ class Settings:
     gateway_url: str = _opt("", "metadata agent: where its proxy sends requests for hosts other than 100.100.100.200")
     root_access_key_id: str = _opt("", "RAM: the root identity's AccessKeyId", secret=True)
     root_access_key_secret: str = _opt("", "RAM: the root identity's AccessKeySecret", secret=True)
-    sts_signing_key: str = _opt("", "STS: hex key that seals SecurityTokens", secret=True)
+    sts_key_rotation: float = _opt(21600.0, "STS: seconds between token key rotations (old keys verify until their tokens expire)")
+    sts_signing_key: str = _opt("", "STS: hex master key the token keys derive from", secret=True)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

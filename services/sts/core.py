@@ -3,8 +3,9 @@ principals; verification of requests signed with STS credentials; GetCallerIdent
 
 AssumeRole asks RAM for the role (and, for RAM principals, whether their identity policies
 allow ``sts:AssumeRole``), checks the role's trust policy, then mints an ``STS.`` AccessKeyId,
-a secret, a sealed SecurityToken and an Expiration. A session stays verifiable until its own
-expiry, whatever happens to the role afterwards.
+a secret, a sealed SecurityToken and an Expiration. The token *is* the session (see
+:mod:`services.sts.tokens`): STS keeps no session table and no secret, so a session stays
+verifiable until its own expiry, whatever happens to the role, and across STS restarts.
 """
 
 from __future__ import annotations
@@ -32,15 +33,6 @@ MAX_POLICY = 2048
 
 
 @dataclass
-class Session:
-    access_key_id: str
-    secret: str
-    token: str
-    principal: common.Principal
-    expires_at: float
-
-
-@dataclass
 class Assume:
     """An AssumeRole waiting for RAM: first the role, then (RAM callers) the decision."""
 
@@ -51,11 +43,11 @@ class Assume:
 class StsCore:
     node_id = NAME
 
-    def __init__(self, *, account_id: str, signing_key: bytes, entropy: Callable[[int], bytes]) -> None:
+    def __init__(self, *, account_id: str, signing_key: bytes, entropy: Callable[[int], bytes],
+                 key_rotation: float = 21600.0) -> None:
         self.account_id = account_id
-        self._key = signing_key
+        self.keys = tokens.KeyRing(signing_key, key_rotation)
         self._entropy = entropy
-        self.sessions: dict[str, Session] = {}
         self._table = {
             m.AssumeRole: self._assume_role,
             m.GetCallerIdentity: self._get_caller_identity,
@@ -69,13 +61,10 @@ class StsCore:
         return dispatch(self._table, msg, now, product=NAME)
 
     def on_timer(self, now: float) -> list[Effect]:
-        expired = [k for k, s in self.sessions.items() if s.expires_at <= now]
-        for key in expired:
-            del self.sessions[key]
-        return [Log("sessions_expired", "debug", {"count": len(expired)})] if expired else []
+        return []
 
     def next_deadline(self) -> float | None:
-        return min((s.expires_at for s in self.sessions.values()), default=None)
+        return None  # keys rotate by epoch: nothing to do at any particular time
 
     # -- AssumeRole -----------------------------------------------------------------------
     def _assume_role(self, msg: Envelope, now: float) -> list[Effect]:
@@ -154,22 +143,19 @@ class StsCore:
         if assume.duration_seconds > max_duration:
             return [Reply(context.request, error("InvalidParameter.DurationSeconds",
                                                  f"The Min/Max value of DurationSeconds is {MIN_DURATION}/{max_duration} seconds."))]
-        expires_at = now + assume.duration_seconds
-        access_key_id = ids.access_key_id(self._entropy(24), sts=True)
-        token = tokens.mint(self._key, tokens.Claims(access_key_id, role.arn, assume.role_session_name, expires_at,
-                                                       tokens.policy_digest(assume.policy)))
-        principal = common.Principal(
-            identity_type="AssumedRoleUser", account_id=self.account_id,
-            arn=f"acs:ram::{self.account_id}:assumed-role/{role.role_name}/{assume.role_session_name}",
-            principal_id=f"{role.role_id}:{assume.role_session_name}", role_name=role.role_name, role_id=role.role_id,
-            session_name=assume.role_session_name, session_policy=assume.policy, access_key_id=access_key_id)
-        session = Session(access_key_id, ids.secret(self._entropy(30)), token, principal, expires_at)
-        self.sessions[access_key_id] = session
+        expires_at = float(int(now + assume.duration_seconds))  # Expiration has whole seconds; so does the session
+        claims = tokens.Claims(
+            access_key_id=ids.access_key_id(self._entropy(24), sts=True), access_key_secret=ids.secret(self._entropy(30)),
+            account_id=self.account_id, role_arn=role.arn, role_name=role.role_name, role_id=role.role_id,
+            session_name=assume.role_session_name, expires_at=expires_at, session_policy=assume.policy,
+            policy_digest=tokens.policy_digest(assume.policy))
+        token = tokens.seal(self.keys, claims, now, self._entropy(12))
+        access_key_id = claims.access_key_id
         reply = m.AssumeRoleOk(
-            credentials=m.Credentials(access_key_id=access_key_id, access_key_secret=session.secret,
+            credentials=m.Credentials(access_key_id=access_key_id, access_key_secret=claims.access_key_secret,
                                       security_token=token, expiration=iso(expires_at)),
             assumed_role_user=m.AssumedRoleUser(arn=f"{role.arn}/{assume.role_session_name}",
-                                                assumed_role_id=principal.principal_id))
+                                                assumed_role_id=f"{role.role_id}:{assume.role_session_name}"))
         event = m.RoleAssumed(access_key_id=access_key_id, role_arn=role.arn, session_name=assume.role_session_name,
                               expires_at=expires_at)
         return [Reply(context.request, reply), Publish(topics.event(NAME, "RoleAssumed"), event)]
@@ -178,21 +164,30 @@ class StsCore:
     def _authenticate(self, msg: Envelope, now: float) -> list[Effect]:
         body = msg.body
         assert isinstance(body, common.Authenticate)
-        session = self.sessions.get(body.access_key_id)
-        claims = tokens.open_token(self._key, body.security_token) if body.security_token else None
+        claims = tokens.open_token(self.keys, body.security_token, now) if body.security_token else None
         if not body.security_token:
             problem = error("MissingSecurityToken", "The SecurityToken is required for STS credentials.")
+        elif claims is None and tokens.outlived(self.keys, body.security_token, now):
+            problem = error("InvalidSecurityToken.Expired", "The security token you provided has expired.")
         elif claims is None:
             problem = error("InvalidSecurityToken.Malformed", "The security token you provided is invalid.")
         elif claims.access_key_id != body.access_key_id:
             problem = error("InvalidSecurityToken.MismatchWithAccessKey", "The security token does not belong to the AccessKeyId.")
-        elif claims.expires_at <= now or session is None:
+        elif claims.expires_at <= now:
             problem = error("InvalidSecurityToken.Expired", "The security token you provided has expired.")
-        elif not signing.verify(session.secret, body.string_to_sign, body.signature, body.signature_method):
+        elif not signing.verify(claims.access_key_secret, body.string_to_sign, body.signature, body.signature_method):
             problem = error("SignatureDoesNotMatch", "Specified signature is not matched with our calculation.")
         else:
-            return [Reply(msg, common.AuthenticateOk(principal=session.principal))]
+            return [Reply(msg, common.AuthenticateOk(principal=self.principal(claims)))]
         return [Reply(msg, problem)]
+
+    def principal(self, claims: tokens.Claims) -> common.Principal:
+        """The assumed-role session a token stands for."""
+        return common.Principal(
+            identity_type="AssumedRoleUser", account_id=claims.account_id,
+            arn=f"acs:ram::{claims.account_id}:assumed-role/{claims.role_name}/{claims.session_name}",
+            principal_id=f"{claims.role_id}:{claims.session_name}", role_name=claims.role_name, role_id=claims.role_id,
+            session_name=claims.session_name, session_policy=claims.session_policy, access_key_id=claims.access_key_id)
 
     def _get_caller_identity(self, msg: Envelope, now: float) -> list[Effect]:
         body = msg.body
