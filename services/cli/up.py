@@ -156,6 +156,8 @@ async def _wait_ready(client: BusClient, processes: list[Process], deadline: flo
         waiting -= {a.node for a in answers if isinstance(a, PingOk)}
         if waiting and time.monotonic() > deadline:
             raise UpError(f"not ready in time: {', '.join(sorted(waiting))}; logs are in {processes[0].log.parent}")
+        if waiting:
+            await asyncio.sleep(0.02)  # a node answered "starting": ask again shortly
 
 
 async def _stop(processes: list[Process], grace: float = 5.0) -> None:

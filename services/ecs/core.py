@@ -36,6 +36,7 @@ SERVICE_PRINCIPAL = "ecs.aliyuncs.com"
 MAX_INSTANCE_IDS = 100
 RETRY_AFTER = 30.0  # simulated seconds between attempts when STS fails
 MAX_USER_DATA = 32 * 1024
+MAX_ATTACH_POLICY = 1024  # AttachInstanceRamRole's Policy, as Alibaba documents it
 
 
 def _metadata_options(http_tokens: str, http_endpoint: str) -> Error | None:
@@ -350,9 +351,11 @@ class EcsCore:
         instance_ids = self._instance_ids(body.instance_ids)
         if isinstance(instance_ids, Error):
             return instance_ids
+        if len(body.policy) > MAX_ATTACH_POLICY:
+            return error("InvalidParameter.Policy", f"The specified Policy exceeds {MAX_ATTACH_POLICY} characters.")
         if body.policy:
             try:
-                policy.parse(body.policy)
+                policy.parse(body.policy, max_chars=MAX_ATTACH_POLICY)
             except policy.PolicyError as exc:
                 return error("InvalidParameter.Policy", f"The specified Policy is invalid: {exc}")
         if not any(i in self.instances for i in instance_ids):

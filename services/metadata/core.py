@@ -96,6 +96,11 @@ class MetadataCore:
         self.views[view.instance_id] = view
         return True
 
+    @property
+    def ready(self) -> bool:
+        """Ready once ECS has answered RegisterHost: before that, ECS cannot place instances here."""
+        return self.registered > 0
+
     def serving(self) -> set[str]:
         """The instances whose metadata view should be listening."""
         return {i for i, v in self.views.items() if not v.deleted}

@@ -314,9 +314,21 @@ _BY_LOWER = {name.lower(): name for name in OPERATORS}
 
 
 def _key_test(match: ValueTest, negated: bool) -> Callable[[tuple[object, ...]], bool]:
+    """Any request value satisfies it; for a negated operator: matches none of the policy's values."""
     if negated:
-        return lambda values: any(match(v) is False for v in values)
-    return lambda values: any(match(v) for v in values)
+        def test_none(values: tuple[object, ...]) -> bool:
+            for value in values:
+                if match(value) is False:
+                    return True
+            return False
+        return test_none
+
+    def test_any(values: tuple[object, ...]) -> bool:
+        for value in values:
+            if match(value):
+                return True
+        return False
+    return test_any
 
 
 @dataclass(frozen=True)
@@ -581,7 +593,8 @@ def _scan(policies: Sequence[NamedPolicy], action: str, service: str, request: R
           denies: list[Match], allows: list[Match]) -> None:
     resource = request.resource
     for named in policies:
-        for st in named.document.candidates(service):
+        document = named.document
+        for st in document.by_service.get(service, document.any_service):
             if not st.action_matches(action):
                 continue
             if st.resources and not st.resource_matches(resource):

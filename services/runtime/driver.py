@@ -109,7 +109,10 @@ class Driver:
             await self._run_core(lambda: self.core.on_reply(pending.context, env.body, now), None)
             return
         if isinstance(env.body, Ping):
-            await self.endpoint.reply(env, PingOk(node=self.core.node_id, started_at=self._started_at))
+            if getattr(self.core, "ready", True):  # a core may not be ready to serve at once (an agent not yet registered)
+                await self.endpoint.reply(env, PingOk(node=self.core.node_id, started_at=self._started_at))
+            else:
+                await self.endpoint.reply(env, errors.error("ServiceUnavailable", f"{self.core.node_id} is starting", 503, definite=True))
             return
         await self._run_core(lambda: self.core.handle(env, now), env)
 

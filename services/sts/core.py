@@ -98,7 +98,7 @@ class StsCore:
             return error("InvalidParameter.PolicySize", f"The size of Policy must be smaller than {MAX_POLICY} characters.")
         if body.policy:
             try:
-                policy.parse(body.policy)
+                policy.parse(body.policy, max_chars=MAX_POLICY)
             except policy.PolicyError as exc:
                 return error("InvalidParameter.PolicyGrammar", f"The parameter Policy has not passed grammar check: {exc}")
         return None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import time
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from services.ram import policy
 from services.ram.policy import Match, NamedPolicy, PolicyError, RequestContext, Verdict, decide
@@ -333,9 +334,25 @@ GLOB_CHARS = "ab*?:/"
 
 @settings(max_examples=300, deadline=None)
 @given(patterns=st.lists(st.text(GLOB_CHARS, max_size=8), min_size=1, max_size=3), subject=st.text("ab:/", max_size=10))
+@example(patterns=["ab", "a*"], subject="aab")  # exact + prefix
+@example(patterns=["ab", "a*", "*b?"], subject="bba")  # exact + prefix + general
+@example(patterns=["a*", "b*"], subject="b")
+@example(patterns=["?"], subject="")
+@example(patterns=["a*b*a"], subject="abba")
 def test_compiled_globs_agree_with_fnmatch(patterns: list[str], subject: str) -> None:
     expected = any(fnmatch.fnmatchcase(subject, p) for p in patterns)
     assert policy._matcher(patterns)(subject) is expected, f"patterns={patterns!r} subject={subject!r}"
+
+
+@pytest.mark.parametrize(("patterns", "yes", "no"), [
+    (["ecs:RunInstances", "ecs:Describe*"], ["ecs:runinstances", "ecs:describeregions"], ["ecs:stopinstances"]),
+    (["ecs:RunInstances", "ecs:Describe*", "ecs:*Tags"], ["ecs:describe", "ecs:runinstances", "ecs:listtags"], ["ecs:tag"]),
+    (["oss:Get*", "oss:List*"], ["oss:getobject", "oss:listbuckets"], ["oss:putobject"]),
+])
+def test_statements_mixing_exact_prefix_and_general_patterns(patterns: list[str], yes: list[str], no: list[str]) -> None:
+    text = doc(allow(patterns))
+    assert all(verdict(text, action).allowed for action in yes)
+    assert not any(verdict(text, action).allowed for action in no)
 
 
 def test_a_pathological_glob_stays_fast() -> None:
@@ -632,6 +649,21 @@ def test_if_exists_passes_a_missing_key_and_checks_a_present_one(name: str) -> N
     assert check(f"{name}IfExists", {"test:key": []})  # an empty list is a missing key
     assert check(f"{name}IfExists", {"TEST:KEY": good})
     assert not check(f"{name}IfExists", {"Test:Key": bad})
+
+
+def test_a_date_without_an_offset_is_utc_whatever_the_machine_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    try:
+        statement = allow("*", Condition={"DateEquals": {"test:Key": "2021-03-04T05:06:07Z"}})
+        assert allowed([statement], "ecs:Run", ANY, {"test:Key": "2021-03-04T05:06:07"})
+        assert allowed([statement], "ecs:Run", ANY, {"test:Key": datetime(2021, 3, 4, 5, 6, 7)})
+        naive = allow("*", Condition={"DateLessThan": {"test:Key": "2021-03-04T05:06:08"}})
+        assert allowed([naive], "ecs:Run", ANY, {"test:Key": "2021-03-04T05:06:07+00:00"})
+        assert not allowed([naive], "ecs:Run", ANY, {"test:Key": "2021-03-04T05:06:09+00:00"})
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_keys_under_one_operator_are_anded() -> None:
