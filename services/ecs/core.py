@@ -300,10 +300,10 @@ class EcsCore:
                 http_tokens=body.http_tokens, http_endpoint=body.http_endpoint, user_data=body.user_data)
             self.instances[instance_id] = record
             launched.append(instance_id)
-            if role is not None:
-                effects += self._bind(record, role, "")
             effects.append(self._push(record))
-            effects += self._fetch(record, None) if role is not None else []
+            if role is not None:
+                self._bind(record, role, "")
+                effects += self._fetch(record, None)
         effects.append(Log("instances_launched", "info", {"instance_ids": launched, "role": role.role_name if role else ""}))
         return [Reply(msg, m.RunInstancesOk(instance_id_sets=m.InstanceIdSets(instance_id_set=launched))), *effects]
 
@@ -378,16 +378,16 @@ class EcsCore:
                 op.results[instance_id] = m.RamRoleResult(instance_id=instance_id, code="403", success=False,
                                                           message=f"The instance already has RAM role {record.role_name}; detach it first.")
             else:
-                effects += self._bind(record, role, body.policy)
+                self._bind(record, role, body.policy)
                 effects += self._fetch(record, op)
                 op.waiting.add(instance_id)
         return effects if op.waiting else self._attach_reply(op)
 
-    def _bind(self, record: InstanceRecord, role: ram.Role, session_policy: str) -> list[Effect]:
+    def _bind(self, record: InstanceRecord, role: ram.Role, session_policy: str) -> None:
+        """Attach ``role``; it serves once its first credential arrives."""
         record.role_name, record.role_arn, record.session_policy = role.role_name, role.arn, session_policy
         record.attachment += 1
         record.credentials = None
-        return []
 
     def _attach_reply(self, op: AttachOp) -> list[Effect]:
         results = [op.results[i] for i in op.results]
