@@ -48,6 +48,7 @@ class MetadataCore:
         self.node_id = f"metadata-{host_id}"
         self._token_key = token_key
         self.views: dict[str, m.InstanceView] = {}
+        self._trees: dict[str, tuple[int, dict[str, str]]] = {}  # rendered per view generation (the hot path)
         self.registered = 0  # how many times ECS answered RegisterHost (re-announce endpoints each time)
         self._registering = False
         self._table = {m.InstanceChanged: self._instance_changed}
@@ -107,7 +108,8 @@ class MetadataCore:
 
     # -- HTTP -----------------------------------------------------------------------------
     def read(self, instance_id: str, method: str, path: str, headers: Mapping[str, str], now: float) -> Answer:
-        """Answer one metadata request. ``headers`` keys are lower-case."""
+        """Answer one metadata request. ``headers`` must be looked up case-insensitively (lower-case
+        keys, or a case-insensitive mapping such as aiohttp's)."""
         view = self.views.get(instance_id)
         if view is None or view.deleted:
             return NOT_FOUND
@@ -131,7 +133,7 @@ class MetadataCore:
         parts = path.split("/")
         if len(parts) >= 2 and parts[0] == "meta-data" and parts[1].lower() == "ram":
             parts[1] = "ram"
-        tree = self._tree(view, now)
+        tree = self._rendered(view)
         key = "/".join(parts)
         if key in tree:
             return Answer(200, tree[key], "application/json" if tree[key].startswith("{") else "text/plain")
@@ -144,7 +146,14 @@ class MetadataCore:
                 return Answer(200, "\n".join(children))
         return NOT_FOUND
 
-    def _tree(self, view: m.InstanceView, now: float) -> dict[str, str]:
+    def _rendered(self, view: m.InstanceView) -> dict[str, str]:
+        """The view's tree, rendered once per generation: a view never changes, it is replaced."""
+        cached = self._trees.get(view.instance_id)
+        if cached is None or cached[0] != view.generation:
+            cached = self._trees[view.instance_id] = (view.generation, self._tree(view))
+        return cached[1]
+
+    def _tree(self, view: m.InstanceView) -> dict[str, str]:
         """Every item of the instance's metadata, by path below ``/latest/``."""
         net = view.network
         md = {

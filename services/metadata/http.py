@@ -86,8 +86,7 @@ class Listeners:
                 return web.Response(status=405, text="CONNECT is not supported: use plain http (protocol='http')")
             if request.raw_path.startswith("http://") and request.host.split(":")[0] != METADATA_HOST:
                 return await self.forward(request)
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            answer = self.core.read(instance_id, request.method, request.path, headers, self.clock.now())
+            answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
             return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
 
         runner = web.ServerRunner(web.Server(handler), access_log=None)
