@@ -113,7 +113,7 @@ async def run_mqtt(rounds: int) -> dict[str, list[float]]:
         async with running_cluster(Options(state_dir=Path(state), instances=0)) as running:
             bus = await MqttBus.connect(running.file.broker_url, "bench", persistent=False)
             try:
-                client = await BusClient(bus, "bench", ScaledClock()).start()
+                client = await BusClient(bus, "operator", ScaledClock()).start()  # node id = the URL's broker identity
                 ping = await measure_ping(client, rounds * 10)
             finally:
                 await bus.close()

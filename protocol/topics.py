@@ -2,11 +2,15 @@
 
 Layout (``ramsim/v1`` prefix)::
 
-    ramsim/v1/node/<node>                          direct messages to one node (commands, replies)
+    ramsim/v1/node/<dest>/from/<src>               direct messages (commands, replies) from <src> to <dest>
     ramsim/v1/event/<service>/<EventName>          broadcast events
     ramsim/v1/host/<host>/instance/<instance>      ECS -> the metadata agent of <host>
 
-Per-host topics let broker ACLs confine an agent to its own instances.
+The topics are shaped for broker ACLs (``services/cli/broker.py``): a node's broker identity
+is its node id, the broker lets it publish direct messages only under ``from/<its id>`` and
+read only its own inbox, so the ``from`` segment of a direct message is vouched for by the
+broker (:func:`sender`), unlike the envelope's self-declared ``src``. Per-host topics confine
+an agent to its own instances; per-service event topics let only that service announce.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from protocol.errors import TopicError
 
 PREFIX = "ramsim/v1"
+ANY = "+"
 
 
 def _segment(value: str) -> str:
@@ -22,26 +27,49 @@ def _segment(value: str) -> str:
     return value
 
 
-def node(node_id: str) -> str:
-    return f"{PREFIX}/node/{_segment(node_id)}"
+def _segment_or_any(value: str) -> str:
+    return value if value == ANY else _segment(value)
+
+
+def inbox(dest: str, src: str) -> str:
+    """A direct message from node ``src`` to node ``dest``."""
+    return f"{PREFIX}/node/{_segment(dest)}/from/{_segment(src)}"
+
+
+def inbox_filter(me: str) -> str:
+    """Filter for every direct message to node ``me``, from anyone."""
+    return f"{PREFIX}/node/{_segment(me)}/from/+"
+
+
+def outbox_filter(src: str) -> str:
+    """Filter for every direct message node ``src`` sends, to anyone (what its ACL lets it write)."""
+    return f"{PREFIX}/node/+/from/{_segment(src)}"
+
+
+def sender(topic: str) -> str | None:
+    """The ``from`` segment of a direct-message topic (``None`` for any other topic)."""
+    levels = topic.split("/")
+    if len(levels) == 6 and "/".join(levels[:2]) == PREFIX and levels[2] == "node" and levels[4] == "from" and levels[5]:
+        return levels[5]
+    return None
 
 
 def event(service: str, name: str) -> str:
     return f"{PREFIX}/event/{_segment(service)}/{_segment(name)}"
 
 
-def events(service: str = "+") -> str:
+def events(service: str = ANY) -> str:
     """Filter for every event of ``service`` (default: of every service)."""
-    return f"{PREFIX}/event/{service if service == '+' else _segment(service)}/+"
+    return f"{PREFIX}/event/{_segment_or_any(service)}/+"
 
 
 def instance(host_id: str, instance_id: str) -> str:
     return f"{PREFIX}/host/{_segment(host_id)}/instance/{_segment(instance_id)}"
 
 
-def host_instances(host_id: str) -> str:
-    """Filter for every instance topic of one host."""
-    return f"{PREFIX}/host/{_segment(host_id)}/instance/+"
+def host_instances(host_id: str = ANY) -> str:
+    """Filter for every instance topic of one host (default: of every host)."""
+    return f"{PREFIX}/host/{_segment_or_any(host_id)}/instance/+"
 
 
 def matches(topic_filter: str, topic: str) -> bool:

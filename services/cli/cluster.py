@@ -1,7 +1,8 @@
 """I/O shell: the cluster file ``ramsim up`` writes and every other command reads.
 
-JSON with the broker URL, the account, the root AccessKey pair and the endpoints. It holds a
-secret, so it is written with mode 0600.
+JSON with the broker URL (with the ``operator`` broker identity's password, so tools that join
+the bus can authenticate), the account, the root AccessKey pair and the endpoints. It holds
+secrets, so it is written with mode 0600.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ClusterFile(msgspec.Struct, rename="pascal", kw_only=True):
     time_origin: float
     pid: int
     services: dict[str, int] = {}
+    oss_url: str = ""  # the OSS endpoint (path-style: http://127.0.0.1:<port>)
 
 
 class NoCluster(Exception):

@@ -178,6 +178,6 @@ def walk(target: cluster.ClusterFile, say: Callable[[str], None]) -> int:
     say(f"    GET /latest/meta-data/ram/security-credentials/ -> HTTP {status}, "
         f"{(time.monotonic() - detached) * 1000:.0f} ms after the detach was sent")
     where = ("inside this process, over the in-memory bus" if target.broker_url.startswith("memory:")
-             else f"against separate service processes over Mosquitto at {target.broker_url}")
+             else f"against separate service processes over Mosquitto at {target.broker_url.split('@')[-1]}")
     say(f"\nDone: all nine steps ran {where}.")
     return 0

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -22,6 +24,7 @@ from services.cli import cluster
 from services.ecs.app import build as build_ecs
 from services.gateway.app import make_app
 from services.metadata.app import build as build_metadata, http_listeners
+from services.oss.app import running_oss
 from services.ram.app import build as build_ram
 from services.runtime.client import BusClient
 from services.runtime.driver import Driver
@@ -65,9 +68,14 @@ async def embedded_cluster(*, time_scale: float = 1.0, credential_lifetime: int 
             drivers.append(driver)
         tasks = [asyncio.create_task(d.run(), name=f"embedded:{d.core.node_id}") for d in drivers]
         stack.push_async_callback(_cancel, tasks)
+        oss_bus = broker.client("oss")
+        stack.push_async_callback(oss_bus.close)
+        oss_state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ramsim-oss-")))
+        oss_url = await stack.enter_async_context(running_oss(oss_bus, settings, oss_state))
         yield cluster.ClusterFile(broker_url="memory://", gateway_url=settings.gateway_url, account_id=settings.account_id,
                                   region_id=settings.region_id, access_key_id=root_id, access_key_secret=root_secret,
-                                  state_dir="", time_scale=time_scale, time_origin=settings.time_origin, pid=os.getpid())
+                                  state_dir="", time_scale=time_scale, time_origin=settings.time_origin, pid=os.getpid(),
+                                  oss_url=oss_url)
 
 
 

@@ -1,11 +1,14 @@
 """I/O shell: ``ramsim up``: a private Mosquitto and every service as its own process.
 
 :func:`running_cluster` is an async context manager (used by ``ramsim up``, ``ramsim demo``
-and the end-to-end tests): it writes a Mosquitto config (loopback only, TCP_NODELAY), starts
-the broker on a free port, starts ram, sts, ecs, the gateway and one metadata agent per host,
-waits until each answers a Ping on the bus, optionally launches instances, writes the cluster
-file, and on exit stops everything it started (children also get SIGTERM if this process
-dies, so nothing is orphaned).
+and the end-to-end tests): it makes the cluster's broker identities (:mod:`services.cli.broker`:
+a random password for each service, each metadata agent, the operator and the observer) and
+writes Mosquitto's password, ACL and config files (loopback only, TCP_NODELAY, no anonymous
+access), starts the broker on a free port, starts ram, sts, ecs, the gateway, oss and one
+metadata agent per host (each given its own identity in ``RAMSIM_BROKER_URL``), waits until
+each answers a Ping on the bus (as the operator), optionally launches instances, writes the
+cluster file (with the operator's broker URL), and on exit stops everything it started
+(children also get SIGTERM if this process dies, so nothing is orphaned).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import AsyncIterator, Callable
 
 from protocol import ids
 from protocol.messages.common import Ping, PingOk
-from services.cli import api, cluster
+from services.cli import api, broker, cluster
 from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
@@ -79,11 +82,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def mosquitto_conf(port: int, state_dir: Path) -> str:
-    """The broker config ramsim writes. ``set_tcp_nodelay true`` is required (see DESIGN)."""
+def mosquitto_conf(port: int, state_dir: Path, auth: broker.BrokerFiles | None = None) -> str:
+    """The broker config ramsim writes. ``set_tcp_nodelay true`` is required (see DESIGN).
+
+    With ``auth`` (what ``ramsim up`` always passes) only the identities in its password file
+    may connect, each confined by its ACL file; without it (the tests' bare brokers for the
+    bus contract) the broker is anonymous."""
+    access = ["allow_anonymous false", f"password_file {auth.password_file}", f"acl_file {auth.acl_file}"] \
+        if auth is not None else ["allow_anonymous true"]
+    # Started as root, Mosquitto switches to the `mosquitto` user before it reads the password
+    # and ACL files (0600, ours) and opens its log (in our state dir): it would fail on both.
+    # Keep it as the user who started it, as it does for anyone else.
+    as_root = ["user root"] if getattr(os, "geteuid", lambda: -1)() == 0 else []
     return "\n".join([
         f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
+        *as_root,
+        *access,
+        "retain_available false",
         "set_tcp_nodelay true",
         "persistence false",
         "max_queued_messages 100000",
@@ -113,6 +128,12 @@ class Cluster:
     file: cluster.ClusterFile
     path: Path
     processes: list[Process]
+    identities: broker.Identities
+    broker_port: int
+
+    def broker_url(self, identity: str = broker.OPERATOR) -> str:
+        """The broker URL (with its password) of one of the cluster's identities."""
+        return self.identities.url(identity, "127.0.0.1", self.broker_port)
 
     @property
     def credential(self) -> api.Credential:
@@ -181,9 +202,11 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     state = options.state_dir.resolve()
     (state / "logs").mkdir(parents=True, exist_ok=True)
     path = (options.cluster_file or state / "cluster.json").resolve()
-    port, gateway_port = free_port(), free_port()
+    port, gateway_port, oss_port = free_port(), free_port(), free_port()
+    hosts = [f"host-{i}" for i in range(1, options.hosts + 1)]
+    identities = broker.Identities.generate(hosts)
     conf = state / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(port, state))
+    conf.write_text(mosquitto_conf(port, state, broker.write_files(state, identities)))
     origin = time.time()
     settings = Settings(
         broker_url=f"mqtt://127.0.0.1:{port}", state_dir=str(state), time_scale=options.time_scale, time_origin=origin,
@@ -202,25 +225,29 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
         await _wait_port(port, deadline, processes[0])
         py = sys.executable
         plan = [("ram", {"RAMSIM_ROOT_ACCESS_KEY_ID": root_id, "RAMSIM_ROOT_ACCESS_KEY_SECRET": root_secret}),
-                ("sts", {"RAMSIM_STS_SIGNING_KEY": os.urandom(32).hex()}), ("ecs", {}), ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)})]
-        plan += [(f"metadata-host-{i}", {"RAMSIM_HOST_ID": f"host-{i}", "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
-                 for i in range(1, options.hosts + 1)]
+                ("sts", {"RAMSIM_STS_SIGNING_KEY": os.urandom(32).hex()}), ("ecs", {}), ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}),
+                ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
+        plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
+                 for host in hosts]
         for name, extra in plan:
             module = name.split("-")[0]
-            processes.append(await _spawn(name, [py, "-m", f"services.{module}"], {**base_env, **extra}, state / "logs" / f"{name}.log"))
+            env = {**base_env, **extra, "RAMSIM_BROKER_URL": identities.url(name, "127.0.0.1", port)}  # node id = identity
+            processes.append(await _spawn(name, [py, "-m", f"services.{module}"], env, state / "logs" / f"{name}.log"))
         say(f"started {', '.join(n for n, _ in plan)}; waiting until each answers on the bus")
-        bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-up-{os.getpid()}", persistent=False)
+        operator_url = identities.url(broker.OPERATOR, "127.0.0.1", port)
+        bus = await MqttBus.connect(operator_url, client_id=f"ramsim-up-{os.getpid()}", persistent=False)
         try:
-            client = await BusClient(bus, f"up-{os.getpid()}", ScaledClock(options.time_scale, origin)).start()
+            client = await BusClient(bus, broker.OPERATOR, ScaledClock(options.time_scale, origin)).start()
             await _wait_ready(client, processes, deadline)
         finally:
             await bus.close()
         file = cluster.ClusterFile(
-            broker_url=settings.broker_url, gateway_url=f"http://127.0.0.1:{gateway_port}", account_id=settings.account_id,
+            broker_url=operator_url, gateway_url=f"http://127.0.0.1:{gateway_port}", account_id=settings.account_id,
+            oss_url=f"http://127.0.0.1:{oss_port}",
             region_id=settings.region_id, access_key_id=root_id, access_key_secret=root_secret, state_dir=str(state),
             time_scale=options.time_scale, time_origin=origin, pid=os.getpid(),
             services={p.name: p.proc.pid for p in processes})
-        running = Cluster(options, file, path, processes)
+        running = Cluster(options, file, path, processes, identities, port)
         if options.instances:
             say(f"launching {options.instances} instance(s)")
             await asyncio.to_thread(launch_instances, running, options.instances, deadline)
@@ -263,7 +290,8 @@ async def up(options: Options) -> int:
     async with running_cluster(options) as running:
         f = running.file
         print(f"ramsim cluster up: account {f.account_id}, region {f.region_id}\n"
-              f"  broker   {f.broker_url}\n  gateway  {f.gateway_url}\n  cluster  {running.path}\n"
+              f"  broker   {broker.without_password(f.broker_url)} (password in the cluster file)\n"
+              f"  gateway  {f.gateway_url}\n  oss      {f.oss_url}\n  cluster  {running.path}\n"
               f"  logs     {Path(f.state_dir) / 'logs'}\n"
               f"Try: ramsim instances   |   ramsim demo   |   ramsim ecs DescribeInstances --RegionId {f.region_id}\n"
               "Ctrl-C stops everything.", flush=True)

@@ -159,6 +159,9 @@ class EcsCore:
     def _register_host(self, msg: Envelope, now: float) -> list[Effect]:
         body = msg.body
         assert isinstance(body, m.RegisterHost)
+        if msg.src != _agent(body.host_id):  # the views carry credentials: only that host's agent gets them
+            return [Reply(msg, errors.no_permission(f"{msg.src} may not register as host {body.host_id}.")),
+                    Log("register_host_refused", "warning", {"src": msg.src, "host_id": body.host_id})]
         if body.host_id not in self.hosts:
             self.hosts.append(body.host_id)
         views = [self.view(r) for r in self.instances.values() if r.host_id == body.host_id]
@@ -169,7 +172,7 @@ class EcsCore:
         body = msg.body
         assert isinstance(body, m.InstanceEndpointReady)
         record = self.instances.get(body.instance_id)
-        if record is None or record.host_id != body.host_id:
+        if record is None or record.host_id != body.host_id or msg.src != _agent(body.host_id):
             return [Log("endpoint_unknown_instance", "warning", {"instance_id": body.instance_id, "host_id": body.host_id})]
         record.endpoint_url = body.url
         if record.instance.status == "Pending":
@@ -536,3 +539,8 @@ class EcsCore:
             return [Reply(msg, m.DescribeInstanceMetadataEndpointsOk(endpoints=endpoints))]
 
         return self._authorize(msg, now, [ram.Check(action="ecs:DescribeInstances", resource=self._arn("*"))], reply)
+
+
+def _agent(host_id: str) -> str:
+    """The node id of a host's metadata agent (the sender of its RegisterHost and endpoints)."""
+    return f"metadata-{host_id}"

@@ -5,6 +5,11 @@ publishes them; the driver of a core and :class:`BusClient` both use it. :class:
 is for shells that await answers directly (the gateway, ``ramsim up``, tests): replies are
 matched to requests by ``in_reply_to``, and a request without a reply in time gets an
 indefinite :func:`protocol.errors.timeout` error, never a guess.
+
+A direct message travels on ``topics.inbox(dest, src)``; over a broker with ramsim's ACLs the
+``from`` segment is the sender's broker identity, so a node's id must be its broker username.
+:func:`forged` is the receiving side's rule: an envelope whose ``src`` is not the
+topic's ``from`` segment is forged and dropped. A reply counts only from the node asked.
 """
 
 from __future__ import annotations
@@ -39,6 +44,13 @@ class _Header(msgspec.Struct):
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 
 
+def forged(topic: str, src: str) -> bool:
+    """True when a direct message's envelope names a sender other than the one its topic
+    (vouched for by the broker) names. Messages on other topics (events) are not direct."""
+    sender = topics.sender(topic)
+    return sender is not None and sender != src
+
+
 def reply_address(payload: bytes) -> _Header | None:
     """The sender and msg id of a message that failed to decode, if those parts are readable."""
     try:
@@ -65,8 +77,12 @@ class Endpoint:
 
     async def send(self, dest: str, body: Message, *, trace_id: str = "", in_reply_to: int | None = None) -> Envelope:
         env = self.envelope(dest, body, in_reply_to=in_reply_to, trace_id=trace_id)
-        await self.bus.publish(topics.node(dest), codec.encode(env))
+        await self.post(env)
         return env
+
+    async def post(self, env: Envelope) -> None:
+        """Publish a direct message this node stamped, on its ``dest``'s inbox from this node."""
+        await self.bus.publish(topics.inbox(env.dest, self.node_id), codec.encode(env))
 
     async def publish(self, topic: str, body: Message, *, trace_id: str = "") -> Envelope:
         env = self.envelope("*", body, trace_id=trace_id)
@@ -82,12 +98,13 @@ class BusClient(Endpoint):
 
     def __init__(self, bus: Bus, node_id: str, clock: Clock, *, on_message: Callable[[Envelope], None] | None = None) -> None:
         super().__init__(bus, node_id, clock)
-        self._waiting: dict[int, asyncio.Future[Message]] = {}
+        self._waiting: dict[int, tuple[str, asyncio.Future[Message]]] = {}  # msg id -> (who was asked, answer)
         self._started_at = clock.now()
         self._on_message = on_message
+        self.forged = 0  # direct messages dropped because their src was not the topic's sender
 
     async def start(self) -> "BusClient":
-        await self.bus.subscribe(topics.node(self.node_id), self._receive)
+        await self.bus.subscribe(topics.inbox_filter(self.node_id), self._receive)
         self.bus.open()
         return self
 
@@ -95,9 +112,9 @@ class BusClient(Endpoint):
         """Send ``body`` to ``dest`` and return its reply body (an ``Error`` is returned, not raised)."""
         env = self.envelope(dest, body, trace_id=trace_id or self.new_trace_id())
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._waiting[env.msg_id] = future
+        self._waiting[env.msg_id] = (dest, future)
         try:
-            await self.bus.publish(topics.node(dest), codec.encode(env))
+            await self.post(env)
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             return errors.timeout(dest)
@@ -110,10 +127,15 @@ class BusClient(Endpoint):
         except ProtocolError as exc:
             header = reply_address(payload)
             log.warning("message_malformed", topic=topic, field=exc.field, reason=exc.reason, src=header.src if header else None)
-            if header is not None:
+            if header is not None and not forged(topic, header.src):
                 await self.reply(header, errors.malformed(exc.field, exc.reason))
             return
-        future = self._waiting.get(env.in_reply_to) if env.in_reply_to is not None else None
+        if forged(topic, env.src):
+            log.warning("message_forged", topic=topic, src=env.src, body=type(env.body).__name__)
+            self.forged += 1
+            return
+        waiting = self._waiting.get(env.in_reply_to) if env.in_reply_to is not None else None
+        future = waiting[1] if waiting is not None and waiting[0] == env.src else None  # only the node asked may answer
         if isinstance(env.body, Ping):
             await self.reply(env, PingOk(node=self.node_id, started_at=self._started_at))
         elif future is not None and not future.done():

@@ -7,8 +7,10 @@ handler returns) only after the core handled it and its effects went out.
 
 Bad input never reaches the core: bytes that do not decode are logged and counted, answered
 with an ``InvalidParameter.Malformed`` error when the sender and msg id are readable, and
-dropped. A core that raises on a message is logged, the request gets ``InternalError``, and the
-service keeps running.
+dropped. A direct message whose envelope ``src`` differs from its topic's ``from`` segment (the
+sender the broker vouches for) is forged: logged, counted, dropped, never answered; a reply
+counts only if it comes from the node the request went to. A core that raises on a message is
+logged, the request gets ``InternalError``, and the service keeps running.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from protocol.envelope import Envelope
 from protocol.errors import ProtocolError
 from protocol.messages.common import Ping, PingOk
 from services.runtime.bus import Bus
-from services.runtime.client import Endpoint, reply_address
+from services.runtime.client import Endpoint, forged, reply_address
 from services.runtime.clock import Clock
 from services.runtime.effects import Core, Effect, Log, Publish, Reply, Request, Send
 from services.runtime.entropy import Entropy
@@ -41,6 +43,7 @@ class _Pending:
 class Counters:
     received: int = 0
     malformed: int = 0
+    forged: int = 0
     failed: int = 0
     timeouts: int = 0
 
@@ -60,8 +63,8 @@ class Driver:
         self._started_at = clock.now()
 
     async def start(self) -> None:
-        """Subscribe to the node topic and the core's topics."""
-        for topic_filter in (topics.node(self.core.node_id), *self.core.subscriptions()):
+        """Subscribe to the node's inbox and the core's topics."""
+        for topic_filter in (topics.inbox_filter(self.core.node_id), *self.core.subscriptions()):
             await self.endpoint.bus.subscribe(topic_filter, self._receive)
         self.endpoint.bus.open()
 
@@ -92,8 +95,12 @@ class Driver:
             header = reply_address(payload)
             self.log.warning("message_malformed", topic=topic, field=exc.field, reason=exc.reason,
                              src=header.src if header else None)
-            if header is not None and topic == topics.node(self.core.node_id):
+            if header is not None and topics.sender(topic) == header.src:  # a direct message from a readable sender
                 await self.endpoint.reply(header, errors.malformed(exc.field, exc.reason))
+            return
+        if forged(topic, env.src):
+            self.counters.forged += 1
+            self.log.warning("message_forged", topic=topic, src=env.src, body=type(env.body).__name__)
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inbox.put_nowait((env, done))
@@ -102,10 +109,11 @@ class Driver:
     async def _dispatch(self, env: Envelope) -> None:
         now = self.clock.now()
         if env.in_reply_to is not None:
-            pending = self._pending.pop(env.in_reply_to, None)
-            if pending is None:
+            pending = self._pending.get(env.in_reply_to)
+            if pending is None or pending.dest != env.src:  # only the node asked may answer (src is vouched for)
                 self.log.debug("reply_unexpected", src=env.src, in_reply_to=env.in_reply_to)
                 return
+            del self._pending[env.in_reply_to]
             await self._run_core(lambda: self.core.on_reply(pending.context, env.body, now), None)
             return
         if isinstance(env.body, Ping):
@@ -158,7 +166,7 @@ class Driver:
             elif isinstance(effect, Request):
                 env = self.endpoint.envelope(effect.dest, effect.body, trace_id=effect.trace_id or trace_id)
                 self._pending[env.msg_id] = _Pending(effect.context, effect.dest, asyncio.get_running_loop().time() + self.request_timeout)
-                await self.endpoint.bus.publish(topics.node(effect.dest), codec.encode(env))
+                await self.endpoint.post(env)
             elif isinstance(effect, Publish):
                 await self.endpoint.publish(effect.topic, effect.body, trace_id=trace_id)
             elif isinstance(effect, Log):

@@ -101,7 +101,10 @@ class MqttBus:
             await asyncio.wait_for(bus._client.connect(host, port, version=gmqtt.constants.MQTTv50), timeout)
         except (OSError, asyncio.TimeoutError, gmqtt.mqtt.handler.MQTTConnectError) as exc:
             bus._pump.cancel()
-            raise BusError(f"cannot connect to MQTT broker at {host}:{port}: {exc!r}") from exc
+            who = f" as {user!r}" if user else " anonymously"
+            # a refusal reads "code 135 (Connection Refused: Not authorized)": wrong or missing credentials
+            detail = str(exc) if isinstance(exc, gmqtt.mqtt.handler.MQTTConnectError) else repr(exc)
+            raise BusError(f"cannot connect to MQTT broker at {host}:{port}{who}: {detail}") from exc
         bus._set_nodelay()
         return bus
 

@@ -5,6 +5,9 @@
   ``signature_algorithm='v2'``, the ``ramsim`` CLI).
 * V3: ``ACS3-HMAC-SHA256`` over the canonical request (method, path, sorted query, the headers
   named in ``SignedHeaders``, the body hash), hex (tea-openapi's default).
+* OSS V1 (``OSS-HMAC-SHA1``, oss2's default) and OSS V4 (``OSS4-HMAC-SHA256``,
+  alibabacloud-oss-v2's default): only the keyed hash lives here; ``services/oss/core.py``
+  builds what they sign.
 
 The same functions sign and verify (RAM and STS, which hold the secrets), so the two can never
 drift. Test vectors: ``../shared/reference/alibaba.md`` section 8.5.
@@ -77,7 +80,29 @@ def parse_acs3_authorization(value: str) -> tuple[str, list[str], str] | None:
     return credential, [n.strip().lower() for n in names.split(";") if n.strip()], signature
 
 
-SCHEMES = {"HMAC-SHA1": hmac_sha1, ACS3: hmac_sha256_hex}
+OSS_V1 = "OSS-HMAC-SHA1"
+OSS_V4 = "OSS4-HMAC-SHA256"
+
+
+def oss_hmac_sha1(secret: str, string_to_sign: str) -> str:
+    """OSS signature V1: base64 HMAC-SHA1 keyed with the secret itself (no ``&``)."""
+    return base64.b64encode(hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha1).digest()).decode()
+
+
+def oss4_hmac_sha256(secret: str, string_to_sign: str) -> str:
+    """OSS signature V4: the key derives from ``aliyun_v4 + secret`` through the scope
+    (``date/region/product/aliyun_v4_request``, the third line of the string to sign)."""
+    lines = string_to_sign.split("\n")
+    scope = lines[2].split("/") if len(lines) == 4 else []
+    if len(scope) != 4 or scope[3] != "aliyun_v4_request":
+        return ""
+    key = ("aliyun_v4" + secret).encode()
+    for part in (*scope[:3], "aliyun_v4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+SCHEMES = {"HMAC-SHA1": hmac_sha1, ACS3: hmac_sha256_hex, OSS_V1: oss_hmac_sha1, OSS_V4: oss4_hmac_sha256}
 
 
 def verify(secret: str, string_to_sign: str, signature: str, method: str = "HMAC-SHA1") -> bool:
@@ -85,4 +110,5 @@ def verify(secret: str, string_to_sign: str, signature: str, method: str = "HMAC
     sign = SCHEMES.get(method)
     if sign is None:
         return False
-    return hmac.compare_digest(sign(secret, string_to_sign).encode(), signature.encode())
+    expected = sign(secret, string_to_sign)
+    return bool(expected) and hmac.compare_digest(expected.encode(), signature.encode())

@@ -81,8 +81,8 @@ async def test_bad_messages_on_every_topic_are_answered_or_dropped_and_nothing_b
     url = metadata_url(cluster, instance_id)
     before = wait_until(lambda: credentials(url, "Survivor"), what="credential")
 
-    bus = await MqttBus.connect(cluster.file.broker_url, "fuzzer", persistent=False)
-    client = await BusClient(bus, "fuzzer", ScaledClock()).start()
+    bus = await MqttBus.connect(cluster.file.broker_url, "fuzzer", persistent=False)  # as the operator identity
+    client = await BusClient(bus, "operator", ScaledClock()).start()
     answers: list[Error] = []
 
     async def collect(topic: str, payload: bytes) -> None:
@@ -90,20 +90,24 @@ async def test_bad_messages_on_every_topic_are_answered_or_dropped_and_nothing_b
         if isinstance(body, Error):
             answers.append(body)
 
-    await bus.subscribe(topics.node("fuzz-replies"), collect)
+    await bus.subscribe(topics.inbox_filter("operator"), collect)
     nodes = ["ram", "sts", "ecs", "gateway", "metadata-host-1"]
     garbage = [
         b"", b"\xc1", b"not msgpack", msgpack.packb([1, 2]), msgpack.packb({"src": "x"}),
-        msgpack.packb({"src": "fuzz-replies", "dest": "n", "msg_id": 1, "body": {"type": "CreateRole", "RoleName": 7}}),
-        msgpack.packb({"src": "fuzz-replies", "dest": "n", "msg_id": 2, "body": {"type": "Unknown"}}),
+        msgpack.packb({"src": "operator", "dest": "n", "msg_id": 1, "body": {"type": "CreateRole", "RoleName": 7}}),
+        msgpack.packb({"src": "operator", "dest": "n", "msg_id": 2, "body": {"type": "Unknown"}}),
         b"\x00" * 300_000,  # oversized
     ]
     for node in nodes:
         for payload in garbage:
-            await bus.publish(topics.node(node), payload)
-    for topic in (topics.instance("host-1", instance_id), topics.event("ram", "PolicyAttachedToRole"), topics.events()):
+            await bus.publish(topics.inbox(node, "operator"), payload)
+    # the identities the broker lets publish on the other topics (as anyone else, the broker drops it)
+    for identity, topic in (("ecs", topics.instance("host-1", instance_id)), ("ram", topics.event("ram", "PolicyAttachedToRole")),
+                            ("ecs", topics.events("ecs").replace("+", "x"))):
+        publisher = await MqttBus.connect(cluster.broker_url(identity), f"fuzzer-{identity}", persistent=False)
         for payload in garbage:
-            await bus.publish(topic.replace("+", "x"), payload)
+            await publisher.publish(topic, payload)
+        await publisher.close()
     # Every node that could read a reply address answered with a typed error
     async with asyncio.timeout(10):
         while len(answers) < 2 * len(nodes):  # two addressable bad messages per node

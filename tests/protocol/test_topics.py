@@ -10,10 +10,13 @@ from protocol.errors import TopicError
 
 
 def test_builders() -> None:
-    assert topics.node("ram") == "ramsim/v1/node/ram"
+    assert topics.inbox("ram", "gateway") == "ramsim/v1/node/ram/from/gateway"
+    assert topics.inbox_filter("ram") == "ramsim/v1/node/ram/from/+"
+    assert topics.outbox_filter("gateway") == "ramsim/v1/node/+/from/gateway"
     assert topics.event("ram", "PolicyAttachedToRole") == "ramsim/v1/event/ram/PolicyAttachedToRole"
     assert topics.instance("host-1", "i-abc") == "ramsim/v1/host/host-1/instance/i-abc"
     assert topics.host_instances("host-1") == "ramsim/v1/host/host-1/instance/+"
+    assert topics.host_instances() == "ramsim/v1/host/+/instance/+"
     assert topics.events() == "ramsim/v1/event/+/+"
     assert topics.events("ecs") == "ramsim/v1/event/ecs/+"
 
@@ -21,7 +24,20 @@ def test_builders() -> None:
 @pytest.mark.parametrize("bad", ["", "a/b", "+", "x#", "nul\0"])
 def test_unusable_segments_are_refused(bad: str) -> None:
     with pytest.raises(TopicError):
-        topics.node(bad)
+        topics.inbox(bad, "gateway")
+    with pytest.raises(TopicError):
+        topics.inbox("ram", bad)
+
+
+def test_the_sender_of_a_direct_message_is_its_topics_from_segment() -> None:
+    assert topics.sender(topics.inbox("sts", "ecs")) == "ecs"
+    assert topics.matches(topics.inbox_filter("sts"), topics.inbox("sts", "ecs"))
+    assert not topics.matches(topics.inbox_filter("sts"), topics.inbox("ecs", "sts"))
+    assert topics.matches(topics.outbox_filter("ecs"), topics.inbox("sts", "ecs"))
+    assert not topics.matches(topics.outbox_filter("gateway"), topics.inbox("sts", "ecs"))
+    for other in (topics.event("ram", "RoleCreated"), topics.instance("host-1", "i-1"), "ramsim/v1/node/sts",
+                  "ramsim/v1/node/sts/from/", "ramsim/v1/node/sts/from/ecs/x", "other/v1/node/sts/from/ecs"):
+        assert topics.sender(other) is None, other
 
 
 @pytest.mark.parametrize(("topic_filter", "topic", "expected"), [

@@ -91,10 +91,10 @@ async def test_malformed_bytes_get_an_error_reply_and_the_service_keeps_running(
     async def collect(topic: str, payload: bytes) -> None:
         answers.append(codec.decode(payload))
 
-    await raw.subscribe(topics.node("raw"), collect)
+    await raw.subscribe(topics.inbox_filter("raw"), collect)
     bad = msgpack.packb({"src": "raw", "dest": "echo", "msg_id": 77, "body": {"type": "GetRole", "RoleName": 12}})
-    await raw.publish(topics.node("echo"), bad)
-    await raw.publish(topics.node("echo"), b"\xc1not msgpack at all")
+    await raw.publish(topics.inbox("echo", "raw"), bad)
+    await raw.publish(topics.inbox("echo", "raw"), b"\xc1not msgpack at all")
     async with asyncio.timeout(5):
         while not answers:
             await asyncio.sleep(0.005)
@@ -163,3 +163,77 @@ async def test_after_step_runs_after_every_step(rig) -> None:  # noqa: ANN001
     await client.request("echo", GetRole(role_name="R"))
     await client.request("echo", GetRole(role_name="S"))
     assert steps[-2:] == [1, 2]
+
+
+async def test_a_direct_message_whose_src_is_not_its_topics_sender_is_dropped_unanswered(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+    raw = broker.client("raw")
+    to_tester: list[Envelope] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        to_tester.append(codec.decode(payload))
+
+    await raw.subscribe(topics.inbox_filter("tester"), collect)  # where answers to the claimed sender would go
+    forged = Envelope(src="tester", dest="echo", msg_id=5, body=GetRole(role_name="Forged"))
+    await raw.publish(topics.inbox("echo", "raw"), codec.encode(forged))
+    bad = msgpack.packb({"src": "tester", "dest": "echo", "msg_id": 6, "body": {"type": "GetRole", "RoleName": 12}})
+    await raw.publish(topics.inbox("echo", "raw"), bad)  # malformed and forged: not answered either
+    # a later honest request is answered, so the two before it were handled (dropped) already
+    assert isinstance(await client.request("echo", GetRole(role_name="R")), GetRoleOk)
+    assert (driver.counters.forged, driver.counters.malformed) == (1, 1)
+    assert core.handled == ["R"]
+    assert [e.in_reply_to for e in to_tester if e.in_reply_to in (5, 6)] == []
+
+
+async def test_bus_client_drops_a_message_whose_src_is_not_its_topics_sender() -> None:
+    broker = MemoryBroker()
+    seen: list[Envelope] = []
+    watcher = await BusClient(broker.client("watcher"), "watcher", ScaledClock(), on_message=seen.append).start()
+    raw = broker.client("raw")
+    pongs: list[Envelope] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        pongs.append(codec.decode(payload))
+
+    await raw.subscribe(topics.inbox_filter("echo"), collect)  # where answers to the claimed sender would go
+    await raw.subscribe(topics.inbox_filter("raw"), collect)
+    for msg_id, src, body in ((1, "echo", Ping()), (2, "echo", GetRole(role_name="R")), (3, "raw", GetRole(role_name="R")),
+                              (4, "raw", Ping())):
+        await raw.publish(topics.inbox("watcher", "raw"), codec.encode(Envelope(src=src, dest="watcher", msg_id=msg_id, body=body)))
+    async with asyncio.timeout(5):
+        while not pongs:  # the honest Ping comes last: once it is answered, every message before it was handled
+            await asyncio.sleep(0.005)
+    assert [(p.dest, p.in_reply_to) for p in pongs] == [("raw", 4)]
+    assert [e.msg_id for e in seen] == [3]
+    assert watcher.forged == 2
+
+
+async def test_only_the_node_asked_may_answer_a_request(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+    raw = broker.client("raw")
+    asked: list[Envelope] = []
+
+    async def intercept(topic: str, payload: bytes) -> None:  # sees the request on its way to "other"
+        asked.append(env := codec.decode(payload))
+        await raw.publish(topics.inbox("echo", "raw"), codec.encode(
+            Envelope(src="raw", dest="echo", msg_id=1, in_reply_to=env.msg_id, body=GetRoleOk(role=ROLE))))
+
+    def other_answers(env: Envelope) -> None:
+        async def later() -> None:
+            await asyncio.sleep(0.05)  # after the interloper's answer
+            await other.reply(env, Error(code="Answered.ByOther", message="the real answer"))
+        asyncio.get_running_loop().create_task(later())
+
+    await raw.subscribe(topics.inbox_filter("other"), intercept)
+    other = await BusClient(broker.client("other"), "other", ScaledClock(), on_message=other_answers).start()
+    answer = await client.request("echo", GetRole(role_name="Ask"))
+    assert asked and isinstance(answer, Error) and answer.code == "Answered.ByOther"
+    # and a BusClient's own requests: an answer from a node it did not ask is not its answer
+    pending = asyncio.create_task(client.request("other", GetRole(role_name="x"), timeout=2))
+    async with asyncio.timeout(5):
+        while len(asked) < 2:
+            await asyncio.sleep(0.005)
+    await raw.publish(topics.inbox("tester", "raw"), codec.encode(
+        Envelope(src="raw", dest="tester", msg_id=2, in_reply_to=asked[1].msg_id, body=GetRoleOk(role=ROLE))))
+    answer = await pending
+    assert isinstance(answer, Error) and answer.code == "Answered.ByOther"

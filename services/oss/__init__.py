@@ -1,0 +1,1 @@
+"""OSS: an object store speaking enough of Alibaba OSS for the official SDKs."""

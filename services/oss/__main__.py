@@ -1,0 +1,3 @@
+from services.oss.app import main
+
+main()

@@ -1,0 +1,297 @@
+"""Broker identities and ACLs, proven by delivery against a real cluster (real Mosquitto, real
+processes, the files ``ramsim up`` generates).
+
+Mosquitto drops a forbidden PUBLISH silently (the publisher still gets its PUBACK) and may
+grant a SUBSCRIBE whose messages it will never deliver, so nothing here asserts on an
+acknowledgement. Each test shows that a forbidden message never *arrives* (at a subscriber,
+an agent, a service), next to a control that the same path does deliver what is allowed, so
+every test can fail. "Never arrived" is bounded by ordering, not by sleeping: MQTT keeps the
+order of one connection's messages to one subscriber, and each node handles its messages one
+at a time, so an answer to a later message (a Ping, a real change) proves the earlier one
+was not delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import pytest
+
+from protocol import codec, topics
+from protocol.envelope import Envelope
+from protocol.errors import Error
+from protocol.messages import common, ecs, ram, sts
+from protocol.messages.common import Ping, PingOk
+from services.cli import broker
+from services.cli.main import instances
+from services.cli.up import Cluster
+from services.runtime.bus import BusError
+from services.runtime.client import BusClient
+from services.runtime.clock import ScaledClock
+from services.runtime.mqtt_bus import MqttBus
+from tests.e2e.conftest import credentials, make_role, metadata_url, wait_until
+
+T = TypeVar("T")
+Seen = list[tuple[str, bytes]]
+
+
+async def connect(cluster: Cluster, identity: str, client_id: str) -> MqttBus:
+    return await MqttBus.connect(cluster.broker_url(identity), client_id, persistent=False)
+
+
+def collector(seen: Seen) -> Callable[[str, bytes], object]:
+    async def collect(topic: str, payload: bytes) -> None:
+        seen.append((topic, payload))
+    return collect
+
+
+async def eventually(probe: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
+    """Like ``wait_until``, but lets this process's bus clients run while it waits."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := probe()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return value
+
+
+def bodies(seen: Seen, kind: type[T]) -> list[T]:
+    return [b for b in (codec.decode(p).body for _, p in seen) if isinstance(b, kind)]
+
+
+def forged_envelope(src: str, dest: str, body: object) -> bytes:
+    return codec.encode(Envelope(src=src, dest=dest, msg_id=int.from_bytes(os.urandom(6), "big"), body=body))  # type: ignore[arg-type]
+
+
+async def blocking(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def log_events(cluster: Cluster, service: str) -> list[dict[str, object]]:
+    lines = (Path(cluster.file.state_dir) / "logs" / f"{service}.log").read_text(errors="replace").splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+# -- (a), (b): who may connect ---------------------------------------------------------------
+async def test_only_the_clusters_identities_with_their_own_passwords_may_connect(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    port = cluster.broker_port
+    refused = {
+        "anonymous": f"mqtt://127.0.0.1:{port}",
+        "wrong password": broker.url("127.0.0.1", port, "ram", "not-the-password"),
+        "another identity's password": broker.url("127.0.0.1", port, "gateway", cluster.identities.passwords["ecs"]),
+        "unknown user": broker.url("127.0.0.1", port, "intruder", cluster.identities.passwords["ram"]),
+    }
+    for what, url in refused.items():
+        with pytest.raises(BusError, match="cannot connect"):
+            await MqttBus.connect(url, f"refused-{what.replace(' ', '-')}", persistent=False, timeout=5)
+    # control: the operator identity of the cluster file connects and is answered on the bus
+    bus = await MqttBus.connect(cluster.file.broker_url, "acl-operator", persistent=False)
+    try:
+        client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
+        assert isinstance(await client.request("ram", Ping()), PingOk)
+    finally:
+        await bus.close()
+    conf = (Path(cluster.file.state_dir) / "mosquitto.conf").read_text().splitlines()
+    assert "allow_anonymous false" in conf and "allow_anonymous true" not in conf
+    for name in ("mosquitto.passwd", "mosquitto.acl"):
+        assert (Path(cluster.file.state_dir) / name).stat().st_mode & 0o777 == 0o600
+
+
+# -- (c): an agent's identity reads only its own host ------------------------------------------
+async def test_an_agent_identity_never_receives_another_hosts_credentials(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0, hosts=2)
+    make_role(cluster, "Pushed")
+    cluster.call("ecs", "RunInstances", RegionId=cluster.file.region_id, Amount="2")
+
+    def one_per_host() -> dict[str, str] | None:
+        placed = {i["HostId"]: i["InstanceId"] for i in instances(cluster.file) if i["MetadataUrl"]}
+        return placed if len(placed) == 2 else None
+
+    placed = await blocking(wait_until, one_per_host, what="an instance on each host")
+    a, b = placed["host-1"], placed["host-2"]
+
+    # a rogue client with metadata-host-1's credentials (its own client id) reaches for host-2 and everything
+    rogue = await connect(cluster, "metadata-host-1", "rogue-agent")
+    control = await connect(cluster, "metadata-host-1", "control-agent")
+    stolen: Seen = []
+    own: Seen = []
+    try:
+        for topic_filter in (topics.host_instances("host-2"), "#"):
+            try:
+                await rogue.subscribe(topic_filter, collector(stolen))  # Mosquitto 2.0.11 grants these; it filters on delivery
+            except BusError:
+                pass  # a broker that refuses the SUBSCRIBE outright is as good
+        await control.subscribe(topics.host_instances("host-1"), collector(own))
+
+        # B (host-2) first: once host-2's agent serves B's credential, the broker has routed that push
+        cluster.call("ecs", "AttachInstanceRamRole", RegionId=cluster.file.region_id, RamRoleName="Pushed", InstanceIds=json.dumps([b]))
+        b_url = await blocking(metadata_url, cluster, b)
+        b_secret = (await blocking(wait_until, lambda: credentials(b_url, "Pushed"), what="B's credential"))["AccessKeySecret"]
+        # then A (host-1): the control subscription, same identity, receives A's push
+        cluster.call("ecs", "AttachInstanceRamRole", RegionId=cluster.file.region_id, RamRoleName="Pushed", InstanceIds=json.dumps([a]))
+        pushed = await eventually(lambda: [c.view for c in bodies(own, ecs.InstanceChanged)
+                                           if c.view.instance_id == a and c.view.credentials is not None],
+                                  what="host-1's own push at the control subscription")
+        assert pushed[0].host_id == "host-1"
+        # '#' does deliver the rogue its own host's push of A, which ECS published after B's: by then
+        # B's push, had the broker let the rogue read it, would already be here
+        await eventually(lambda: [c for c in bodies(stolen, ecs.InstanceChanged) if c.view.instance_id == a and c.view.credentials],
+                         what="A's push at the rogue's '#'")
+        assert [t for t, _ in stolen if topics.matches(topics.host_instances("host-2"), t)] == []
+        assert not any(b_secret.encode() in payload for _, payload in stolen)
+
+        # nor can it ask ECS for host-2's views by registering as host-2 (ECS knows who is asking)
+        client = await BusClient(rogue, "metadata-host-1", ScaledClock()).start()
+        refused = await client.request("ecs", ecs.RegisterHost(host_id="host-2"))
+        assert isinstance(refused, Error) and refused.code == "NoPermission", refused
+        answered = await client.request("ecs", ecs.RegisterHost(host_id="host-1"))  # control: as itself, it is answered
+        assert isinstance(answered, ecs.RegisterHostOk) and {v.instance_id for v in answered.instances} == {a}
+    finally:
+        await rogue.close()
+        await control.close()
+
+
+# -- (d): only ECS pushes to hosts ------------------------------------------------------------
+def forged_view(cluster: Cluster, instance_id: str, generation: int) -> ecs.InstanceView:
+    network = ecs.NetworkInterface(mac="00:16:3e:00:00:01", private_ip="172.16.0.9", network_interface_id="eni-forged",
+                                   vpc_id="vpc-forged", vswitch_id="vsw-forged", vpc_cidr_block="172.16.0.0/12",
+                                   vswitch_cidr_block="172.16.0.0/24", gateway="172.16.0.253", netmask="255.255.255.0")
+    fake = ecs.InstanceCredentials(access_key_id="STS.FORGEDFORGEDFORGEDFORGED", access_key_secret="forged-secret",
+                                   security_token="forged-token", expiration=4102444800.0, last_updated=0.0)
+    return ecs.InstanceView(instance_id=instance_id, host_id="host-1", generation=generation, account_id=cluster.file.account_id,
+                            region_id=cluster.file.region_id, zone_id=f"{cluster.file.region_id}-i", host_name="forged",
+                            instance_type="ecs.g7.large", image_id="forged", serial_number="forged", network=network,
+                            ram_role_name="Real", credentials=fake)
+
+
+async def test_a_forged_instance_push_never_reaches_the_agent(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    make_role(cluster, "Real")
+    answer = cluster.call("ecs", "RunInstances", RegionId=cluster.file.region_id, RamRoleName="Real")
+    instance_id = answer["InstanceIdSets"]["InstanceIdSet"][0]
+    url = await blocking(metadata_url, cluster, instance_id)
+    real = await blocking(wait_until, lambda: credentials(url, "Real"), what="the real credential")
+    forged = forged_envelope("ecs", "*", ecs.InstanceChanged(view=forged_view(cluster, instance_id, 10**9)))
+
+    for identity in ("gateway", "operator"):
+        bus = await connect(cluster, identity, f"forger-{identity}")
+        try:
+            client = await BusClient(bus, identity, ScaledClock()).start()
+            await bus.publish(topics.instance("host-1", instance_id), forged)
+            # the agent answers a later message from the same connection: the forged push, had the
+            # broker delivered it, was handled before this Ping
+            assert isinstance(await client.request("metadata-host-1", Ping()), PingOk)
+        finally:
+            await bus.close()
+        assert credentials(url, "Real")["AccessKeyId"] == real["AccessKeyId"], identity
+
+    # a later real change still arrives
+    cluster.call("ecs", "DetachInstanceRamRole", RegionId=cluster.file.region_id, InstanceIds=json.dumps([instance_id]))
+    await blocking(wait_until, lambda: credentials(url, "Real") is None, what="the detach to reach the agent")
+
+    # control: the very same message published by ECS's identity is applied (so the test above can fail)
+    bus = await connect(cluster, "ecs", "control-ecs")
+    try:
+        await bus.publish(topics.instance("host-1", instance_id), forged)
+        served = await blocking(wait_until, lambda: credentials(url, "Real"), what="the ECS-published view")
+        assert served["AccessKeyId"] == "STS.FORGEDFORGEDFORGEDFORGED"
+    finally:
+        await bus.close()
+
+
+# -- (e): the envelope's src must be the topic's sender -----------------------------------------
+async def test_a_direct_message_claiming_another_sender_is_dropped_by_the_receiver(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    make_role(cluster, "Trusting")  # trusts ecs.aliyuncs.com
+    account = cluster.file.account_id
+    service = common.Principal(identity_type="Service", account_id=account, arn="ecs.aliyuncs.com", principal_id="ecs.aliyuncs.com")
+    assume = sts.AssumeRole(role_arn=f"acs:ram::{account}:role/Trusting", role_session_name="forged-session",
+                            duration_seconds=3600, caller=service)
+    observer = await connect(cluster, broker.OBSERVER, "acl-observer")
+    bus = await connect(cluster, broker.OPERATOR, "acl-forger")
+    minted: Seen = []
+    try:
+        await observer.subscribe(topics.events("sts"), collector(minted))  # STS announces every session it mints
+        client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
+        # the operator identity publishes on its own from/operator topic, but the envelope claims ecs
+        await bus.publish(topics.inbox("sts", broker.OPERATOR), forged_envelope("ecs", "sts", assume))
+        # control: the same request, honestly from the operator, is read and refused by STS itself
+        honest = await client.request("sts", assume)
+        assert isinstance(honest, Error) and honest.code == "NoPermission" and "operator may not act as" in honest.message
+        # STS received the forged message and dropped it (the broker delivered it: it was on an allowed topic)
+        await blocking(wait_until, lambda: [e for e in log_events(cluster, "sts") if e.get("event") == "message_forged"
+                                            and e.get("src") == "ecs" and e.get("body") == "AssumeRole"],
+                       what="STS to log the forged message")
+        # a real AssumeRole by ECS (an instance launched with the role) is announced; the forged one never was
+        answer = cluster.call("ecs", "RunInstances", RegionId=cluster.file.region_id, RamRoleName="Trusting")
+        instance_id = answer["InstanceIdSets"]["InstanceIdSet"][0]
+        await eventually(lambda: [e for e in bodies(minted, sts.RoleAssumed) if e.session_name == instance_id],
+                         what="the real RoleAssumed event")
+        assert [e for e in bodies(minted, sts.RoleAssumed) if e.session_name == "forged-session"] == []
+    finally:
+        await bus.close()
+        await observer.close()
+
+
+# -- (f): only RAM publishes RAM events --------------------------------------------------------
+async def test_only_rams_identity_can_publish_ram_events(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    make_role(cluster, "Watched")
+    observer = await connect(cluster, broker.OBSERVER, "acl-observer")
+    events: Seen = []
+    try:
+        await observer.subscribe(topics.events("ram"), collector(events))
+        forged = forged_envelope("ram", "*", ram.PolicyAttachedToRole(policy_type="System", policy_name="AdministratorAccess",
+                                                                      role_name="Forged", generation=10**9))
+        for identity in ("gateway", "operator", "ecs", "metadata-host-1"):
+            bus = await connect(cluster, identity, f"forger-{identity}")
+            try:
+                client = await BusClient(bus, identity, ScaledClock()).start()
+                await bus.publish(topics.event("ram", "PolicyAttachedToRole"), forged)
+                assert isinstance(await client.request("ram", Ping()), PingOk)  # the broker has routed the publish
+            finally:
+                await bus.close()
+        # a real change is announced, after every forged one would have been
+        cluster.call("ram", "AttachPolicyToRole", PolicyType="System", PolicyName="AliyunECSReadOnlyAccess", RoleName="Watched")
+        await eventually(lambda: [e for e in bodies(events, ram.PolicyAttachedToRole) if e.role_name == "Watched"],
+                         what="the real PolicyAttachedToRole event")
+        assert [e for e in bodies(events, ram.PolicyAttachedToRole) if e.role_name == "Forged"] == []
+        # control: RAM's own identity can publish there (so the assertion above can fail)
+        bus = await connect(cluster, "ram", "control-ram")
+        try:
+            await bus.publish(topics.event("ram", "PolicyAttachedToRole"), forged)
+            await eventually(lambda: [e for e in bodies(events, ram.PolicyAttachedToRole) if e.role_name == "Forged"],
+                             what="RAM's identity's event at the observer")
+        finally:
+            await bus.close()
+    finally:
+        await observer.close()
+
+
+async def test_a_retained_publish_is_refused_and_never_delivered(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    observer = await connect(cluster, broker.OBSERVER, "acl-observer")
+    seen: Seen = []
+    try:
+        await observer.subscribe(topics.events("ram"), collector(seen))
+        topic = topics.event("ram", "Retained")
+        retainer = await connect(cluster, "ram", "retainer")
+        try:  # our bus never sets the flag; gmqtt can. Mosquitto (retain_available false) drops the client
+            retainer._client.publish(topic, b"retained", qos=1, retain=True)
+            await eventually(lambda: not retainer.connected, timeout=5, what="the broker to drop a retaining client")
+        finally:
+            await retainer.close()
+        live = await connect(cluster, "ram", "live")  # control: the same identity, topic and observer, no retain flag
+        try:
+            await live.publish(topic, b"live")
+            await eventually(lambda: [p for _, p in seen if p == b"live"], what="the live publish at the observer")
+        finally:
+            await live.close()
+        assert [p for _, p in seen if p == b"retained"] == []
+    finally:
+        await observer.close()
