@@ -42,7 +42,7 @@ def test_every_module_says_which_side_of_the_line_it_is_on() -> None:
 
 def test_cores_exist_for_every_service() -> None:
     pure = {str(p.relative_to(ROOT)) for p in PURE}
-    for service in ("ram", "sts", "ecs", "metadata", "gateway"):
+    for service in ("ram", "sts", "ecs", "metadata", "gateway", "oss"):
         assert f"services/{service}/core.py" in pure
 
 

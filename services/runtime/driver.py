@@ -24,7 +24,7 @@ import structlog
 from protocol import codec, errors, topics
 from protocol.envelope import Envelope
 from protocol.errors import ProtocolError
-from protocol.messages.common import Ping, PingOk
+from protocol.messages.common import ApiCommand, Ping, PingOk
 from services.runtime.bus import Bus
 from services.runtime.client import Endpoint, forged, reply_address
 from services.runtime.clock import Clock
@@ -37,6 +37,21 @@ class _Pending:
     context: Any
     dest: str
     deadline: float  # loop time
+
+
+GATEWAYS = frozenset({"gateway"})  # the nodes that authenticate API callers
+
+
+def may_call(env: Envelope) -> bool:
+    """May ``env.src`` (vouched for by the broker) send this API command with its ``caller``?
+
+    The gateway speaks for the principals it authenticated; a service speaks only as itself
+    (``ecs`` as ``ecs.aliyuncs.com``); nobody else may claim a caller. A command without a
+    caller passes: the core refuses it as unauthenticated."""
+    caller = getattr(env.body, "caller", None)
+    if caller is None or env.src in GATEWAYS:
+        return True
+    return caller.identity_type == "Service" and caller.arn == f"{env.src}.aliyuncs.com"
 
 
 @dataclass
@@ -121,6 +136,12 @@ class Driver:
                 await self.endpoint.reply(env, PingOk(node=self.core.node_id, started_at=self._started_at))
             else:
                 await self.endpoint.reply(env, errors.error("ServiceUnavailable", f"{self.core.node_id} is starting", 503, definite=True))
+            return
+        if isinstance(env.body, ApiCommand) and not may_call(env):
+            self.counters.forged += 1
+            caller = env.body.caller
+            self.log.warning("caller_refused", src=env.src, caller=caller.arn if caller else None)
+            await self.endpoint.reply(env, errors.no_permission(f"{env.src} may not make API calls on behalf of others."))
             return
         await self._run_core(lambda: self.core.handle(env, now), env)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -60,14 +61,20 @@ class Settings:
         for f in dataclasses.fields(cls):
             if f.metadata.get("secret"):
                 continue
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(getattr(base, f.name)),
-                                default=getattr(base, f.name), help=f"{f.metadata['help']} (default: %(default)s)")
+            default = getattr(base, f.name)
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(default), default=default,
+                                help=f"{f.metadata['help']} (default: {shown(default)})".replace("%", "%%"))
         args = parser.parse_args(argv)
         return dataclasses.replace(base, **vars(args))
 
     def environment(self) -> dict[str, str]:
         """These settings as ``RAMSIM_*`` variables, to hand to a child process."""
         return {f"RAMSIM_{f.name.upper()}": str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def shown(value: object) -> str:
+    """A setting as it may be displayed: a password in a URL is masked."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", str(value))
 
 
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:

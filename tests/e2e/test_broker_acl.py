@@ -220,9 +220,10 @@ async def test_a_direct_message_claiming_another_sender_is_dropped_by_the_receiv
         client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
         # the operator identity publishes on its own from/operator topic, but the envelope claims ecs
         await bus.publish(topics.inbox("sts", broker.OPERATOR), forged_envelope("ecs", "sts", assume))
-        # control: the same request, honestly from the operator, is read and refused by STS itself
+        # control: the same request, honestly from the operator, is read and refused (only the gateway
+        # and a service acting as itself may name a caller)
         honest = await client.request("sts", assume)
-        assert isinstance(honest, Error) and honest.code == "NoPermission" and "operator may not act as" in honest.message
+        assert isinstance(honest, Error) and honest.code == "NoPermission" and "operator may not make API calls on behalf of others" in honest.message
         # STS received the forged message and dropped it (the broker delivered it: it was on an allowed topic)
         await blocking(wait_until, lambda: [e for e in log_events(cluster, "sts") if e.get("event") == "message_forged"
                                             and e.get("src") == "ecs" and e.get("body") == "AssumeRole"],

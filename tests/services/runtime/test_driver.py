@@ -237,3 +237,21 @@ async def test_only_the_node_asked_may_answer_a_request(rig) -> None:  # noqa: A
         Envelope(src="raw", dest="tester", msg_id=2, in_reply_to=asked[1].msg_id, body=GetRoleOk(role=ROLE))))
     answer = await pending
     assert isinstance(answer, Error) and answer.code == "Answered.ByOther"
+
+
+async def test_only_the_gateway_may_speak_for_a_caller(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+    from protocol.messages.common import Principal
+
+    alice = Principal(identity_type="RAMUser", account_id="1", arn="acs:ram::1:user/alice", principal_id="2", user_name="alice")
+    ecs = Principal(identity_type="Service", account_id="1", arn="ecs.aliyuncs.com", principal_id="ecs.aliyuncs.com")
+    refused = await client.request("echo", GetRole(role_name="R", caller=alice))  # "tester" is not the gateway
+    assert isinstance(refused, Error) and refused.code == "NoPermission" and driver.counters.forged == 1
+    assert isinstance(await client.request("echo", GetRole(role_name="R", caller=ecs)), Error)  # nor is it ECS
+    assert core.handled == []
+    gateway = await BusClient(broker.client("gateway"), "gateway", ScaledClock()).start()
+    assert isinstance(await gateway.request("echo", GetRole(role_name="R", caller=alice)), GetRoleOk)
+    as_ecs = await BusClient(broker.client("ecs"), "ecs", ScaledClock()).start()
+    assert isinstance(await as_ecs.request("echo", GetRole(role_name="S", caller=ecs)), GetRoleOk)  # a service as itself
+    assert isinstance(await as_ecs.request("echo", GetRole(role_name="T", caller=alice)), Error)  # but not for alice
+    assert core.handled == ["R", "S"]

@@ -37,3 +37,11 @@ def test_scaled_clock_shares_an_origin() -> None:
     assert a.real_seconds(120) == 2.0
     with pytest.raises(ValueError):
         ScaledClock(0)
+
+
+def test_help_never_shows_a_broker_password(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"RAMSIM_BROKER_URL": "mqtt://ram:s3cretpassw0rd@127.0.0.1:1883"}
+    with pytest.raises(SystemExit):
+        Settings.parse(["--help"], prog="t", description="d", environ=env)
+    out = capsys.readouterr().out
+    assert "s3cretpassw0rd" not in out and "mqtt://ram:***@127.0.0.1:1883" in out
