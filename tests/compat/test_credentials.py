@@ -33,11 +33,13 @@ def launch(target: cluster.ClusterFile, role: str, **params: str) -> tuple[str, 
 
 
 def test_role_discovery_and_hardened_mode(target, imds_allowed) -> None:  # noqa: ANN001
-    _, url = launch(target, "Discovered")
+    _, url = launch(target, "Discovered", HttpTokens="required")  # token-less reads are refused: hardened mode or nothing
+    assert read_metadata(url, CREDENTIALS)[0] == 401
     credential = CredClient(CredConfig(type="ecs_ram_role", proxy=url))  # no role name: discovered from metadata
     got = credential.get_credential()
     assert got.access_key_id.startswith("STS.") and got.provider_name == "ecs_ram_role"
-    assert credential.get_security_token() == got.security_token
+    doc = json.loads(read_metadata_with_token(url, CREDENTIALS + "Discovered"))
+    assert (doc["AccessKeyId"], doc["SecurityToken"]) == (got.access_key_id, got.security_token)
 
 
 def test_imdsv1_disabled_uses_tokens_only(target, imds_allowed) -> None:  # noqa: ANN001
@@ -82,6 +84,18 @@ def test_refresh_across_a_rotation(rotating, imds_allowed) -> None:  # noqa: ANN
         assert who["Arn"].endswith(f"assumed-role/Rotating/{instance_id}")
     doc = json.loads(read_metadata(url, CREDENTIALS + "Rotating")[1])
     assert doc["Code"] == "Success"
+
+
+def read_metadata_with_token(url: str, path: str) -> str:
+    """A hardened-mode read, as the SDK does it: PUT a token, GET with it."""
+    import urllib.request
+    put = urllib.request.Request(url + "/latest/api/token", method="PUT", data=b"",
+                                 headers={"X-aliyun-ecs-metadata-token-ttl-seconds": "60"})
+    with api.opener.open(put, timeout=5) as answer:
+        token = answer.read().decode()
+    get = urllib.request.Request(url + path, headers={"X-aliyun-ecs-metadata-token": token})
+    with api.opener.open(get, timeout=5) as answer:
+        return answer.read().decode()
 
 
 def _http(proxy: str):  # noqa: ANN202
