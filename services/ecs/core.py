@@ -130,8 +130,7 @@ class EcsCore:
         return [topics.events("ram")]
 
     def handle(self, msg: Envelope, now: float) -> list[Effect]:
-        if msg.dest == "*" and msg.src == "ram":  # a RAM change: cached decisions may be stale
-            self.cache.observe(getattr(msg.body, "generation", 0))
+        if self.cache.observed(msg):  # a RAM change: cached decisions may be stale
             return []
         return dispatch(self._table, msg, now, product=NAME)
 

@@ -16,8 +16,7 @@ from aiohttp import web
 from protocol.errors import Error
 from protocol.messages.common import AuthenticateOk
 from services.gateway import core
-from services.runtime import logs
-from services.runtime.bus import BusError
+from services.runtime import service
 from services.runtime.client import BusClient
 from services.runtime.mqtt_bus import MqttBus
 from services.runtime.service import clock_for
@@ -91,11 +90,4 @@ async def serve(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = Settings.parse(argv, prog="python -m services.gateway",
-                              description="Gateway: Alibaba RPC-style OpenAPI (ram, sts, ecs) over HTTP.")
-    logs.configure(fmt=settings.log_format, level=settings.log_level, service=NAME)
-    try:
-        asyncio.run(serve(settings))
-    except BusError as exc:
-        log.error("broker_unreachable", error=str(exc))
-        raise SystemExit(2) from None
+    service.run(NAME, "Gateway: Alibaba RPC-style OpenAPI (ram, sts, ecs) over HTTP.", serve, argv=argv)

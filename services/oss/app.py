@@ -16,14 +16,14 @@ from typing import AsyncIterator, Sequence
 import structlog
 from aiohttp import web
 
-from protocol import codec, topics
+from protocol import codec
 from protocol.envelope import Envelope
 from protocol.errors import ProtocolError
 from services.oss.core import NAME, OssCore
 from services.oss.http import OssHttp
 from services.oss.store import Store
-from services.runtime import logs
-from services.runtime.bus import Bus, BusError
+from services.runtime import service
+from services.runtime.bus import Bus
 from services.runtime.client import BusClient
 from services.runtime.mqtt_bus import MqttBus
 from services.runtime.service import clock_for
@@ -90,10 +90,4 @@ async def serve(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = Settings.parse(argv, prog="python -m services.oss", description=DESCRIPTION)
-    logs.configure(fmt=settings.log_format, level=settings.log_level, service=NAME)
-    try:
-        asyncio.run(serve(settings))
-    except BusError as exc:
-        log.error("broker_unreachable", error=str(exc))
-        raise SystemExit(2) from None
+    service.run(NAME, DESCRIPTION, serve, argv=argv)

@@ -385,8 +385,7 @@ class OssCore:
         return [topics.events("ram")]
 
     def handle(self, msg: Envelope, now: float) -> list[Effect]:
-        if msg.dest == "*" and msg.src == "ram":  # a RAM change: cached decisions may be stale
-            self.cache.observe(getattr(msg.body, "generation", 0))
+        if self.cache.observed(msg):  # a RAM change: cached decisions may be stale
             return []
         return [Log("message_ignored", "debug", {"type": type(msg.body).__name__, "src": msg.src})]
 

@@ -58,6 +58,14 @@ class PolicyCache:
             self._entries[self.key(principal)] = entry
         return entry
 
+    def observed(self, msg: object) -> bool:
+        """Take in ``msg`` if it is a RAM event (an enforcement point's first check on every
+        message); True when it was one."""
+        if getattr(msg, "dest", None) == "*" and getattr(msg, "src", None) == "ram":
+            self.observe(getattr(getattr(msg, "body", None), "generation", 0))
+            return True
+        return False
+
     def observe(self, generation: int) -> None:
         """A RAM event: anything cached before ``generation`` may be stale."""
         if generation > self.generation:

@@ -13,7 +13,7 @@ import contextlib
 import signal
 import sys
 from contextlib import AbstractAsyncContextManager
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 import structlog
 
@@ -67,10 +67,18 @@ async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequ
 
 def main(node_id: str, description: str, build: BuildCore, shells: Sequence[Shell] = (),
          argv: Sequence[str] | None = None, settings: Settings | None = None) -> None:
+    """Run a service whose logic is a core (ram, sts, ecs, metadata agents)."""
+    run(node_id, description, lambda s: serve(node_id, s, build, shells), argv=argv, settings=settings)
+
+
+def run(node_id: str, description: str, body: Callable[[Settings], Awaitable[None]], *,
+        argv: Sequence[str] | None = None, settings: Settings | None = None) -> None:
+    """Parse settings, set up logs and run ``body`` until it returns; an unreachable broker
+    is one log line and exit status 2."""
     settings = settings or Settings.parse(argv, prog=f"python -m services.{node_id.split('-')[0]}", description=description)
     logs.configure(fmt=settings.log_format, level=settings.log_level, service=node_id)
     try:
-        asyncio.run(serve(node_id, settings, build, shells))
+        asyncio.run(body(settings))
     except BusError as exc:
         structlog.get_logger(node_id).error("broker_unreachable", error=str(exc))
         sys.exit(2)
