@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from pathlib import Path
 from typing import AsyncIterator, Sequence
@@ -31,6 +32,9 @@ from services.runtime.settings import Settings
 
 log = structlog.get_logger(NAME)
 DESCRIPTION = "OSS: an object store speaking Alibaba OSS's HTTP API (signature V1 and V4)."
+# Benchmark-only (bench/oss.py's baseline): RAMSIM_OSS_AUTHORIZE=false serves every request with
+# no authentication and no authorization. Never set it anywhere else.
+NO_AUTH_VARIABLE = "RAMSIM_OSS_AUTHORIZE"
 
 
 def build(settings: Settings) -> OssCore:
@@ -61,7 +65,11 @@ async def running_oss(bus: Bus, settings: Settings, state_dir: Path, port: int =
         await bus.subscribe(topic_filter, on_event)
     await client.start()
     store = Store(state_dir / "oss")
-    front = OssHttp(core, store, client, clock, request_timeout=settings.request_timeout)
+    authorize = os.environ.get(NO_AUTH_VARIABLE, "true").lower() != "false"
+    if not authorize:
+        log.warning("oss_authorization_disabled", variable=NO_AUTH_VARIABLE,
+                    reason="benchmark-only baseline: every request is served without authentication or authorization")
+    front = OssHttp(core, store, client, clock, request_timeout=settings.request_timeout, authorize=authorize)
     runner = web.ServerRunner(web.Server(front.handle), access_log=None)
     await runner.setup()
     try:

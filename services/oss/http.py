@@ -33,13 +33,14 @@ CHUNK = 256 * 1024
 
 class OssHttp:
     def __init__(self, oss: core.OssCore, store: Store, client: BusClient, clock: Clock, *, request_timeout: float = 5.0,
-                 max_object_size: int = core.MAX_OBJECT_SIZE) -> None:
+                 max_object_size: int = core.MAX_OBJECT_SIZE, authorize: bool = True) -> None:
         self.core = oss
         self.store = store
         self.client = client
         self.clock = clock
         self.request_timeout = request_timeout
         self.max_object_size = max_object_size
+        self.authorize = authorize  # False only for bench/oss.py's baseline (RAMSIM_OSS_AUTHORIZE=false)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = secrets.token_hex(12).upper()
@@ -70,6 +71,9 @@ class OssHttp:
         call = core.parse(http, self.core.account_id, time.time())
         if isinstance(call, OssError):
             return call
+        op = call.operation
+        if not self.authorize:  # benchmark-only baseline: the same path without authentication and authorization
+            return await self._perform(request, op, call.query, "unauthenticated")
         trace_id = request_id[:16].lower()
         who = await self.client.request(core.verifier(call.credential.access_key_id), call.credential,
                                         timeout=self.request_timeout, trace_id=trace_id)
@@ -86,13 +90,16 @@ class OssHttp:
             if not isinstance(answer, ram.GetEffectivePoliciesOk):
                 return oss_error("ServiceUnavailable", "Authorization is unavailable, try again.", 503)
             entry = self.core.learn(principal, answer)
-        verdict = self.core.authorize(principal, entry, call.operation.checks, self.clock.now())
-        op = call.operation
+        verdict = self.core.authorize(principal, entry, op.checks, self.clock.now())
         if not verdict.allowed:
             log.info("oss_access_denied", principal=principal.arn, action=verdict.action, reason=verdict.reason)
             return core.access_denied(f"You are not authorized to do {verdict.action} on this resource: {verdict.reason}.")
-        result = await getattr(self, "_" + op.name)(request, op, call.query)
-        log.info("oss_request_served", action=op.name, principal=principal.arn, bucket=op.bucket,
+        return await self._perform(request, op, call.query, principal.arn)
+
+    async def _perform(self, request: web.BaseRequest, op: core.Operation, query: dict[str, str],
+                       principal: str) -> web.StreamResponse | OssError:
+        result = await getattr(self, "_" + op.name)(request, op, query)
+        log.info("oss_request_served", action=op.name, principal=principal, bucket=op.bucket,
                  outcome=result.code if isinstance(result, OssError) else "ok")
         return result
 

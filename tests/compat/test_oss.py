@@ -214,3 +214,231 @@ def test_bad_names_missing_objects_and_malformed_xml(target) -> None:  # noqa: A
     with pytest.raises(oss2.exceptions.ServerError) as dup:
         oss2.Bucket(auth, target.oss_url, name).create_bucket()
     assert dup.value.status == 409
+
+
+# -- expiry: STS tokens and presigned URLs -----------------------------------------------------
+TIME_SCALE = 120  # simulated seconds per real second: a 900 s STS session ends 7.5 real seconds after it is minted
+
+
+@pytest.fixture(scope="module")
+def fast_clock(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A cluster whose simulated clock runs TIME_SCALE times faster than the wall. Request
+    signatures (Date, x-oss-date, presigned Expires) are still checked against the wall clock,
+    which the SDKs sign with; STS sessions live and die in simulated time."""
+    from tests.e2e.conftest import ramsim_up
+    with ramsim_up(tmp_path_factory.mktemp("fastclock"), "--instances", "0", "--time-scale", str(TIME_SCALE)) as (_, path):
+        yield cluster.load(path)
+
+
+def assumed_session(target: cluster.ClusterFile, policy: str, duration: int = 900) -> dict[str, str]:
+    """A RAM user allowed sts:AssumeRole mints a session of a role holding ``policy``, through the gateway."""
+    import json as _json
+    user, role = unique("reader-"), unique("Readable")
+    ram_call(target, "CreateUser", UserName=user)
+    ram_call(target, "AttachPolicyToUser", PolicyType="System", PolicyName="AliyunSTSAssumeRoleAccess", UserName=user)
+    key = ram_call(target, "CreateAccessKey", UserName=user)["AccessKey"]
+    trust = _json.dumps({"Version": "1", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                         "Principal": {"RAM": [f"acs:ram::{target.account_id}:root"]}}]})
+    ram_call(target, "CreateRole", RoleName=role, AssumeRolePolicyDocument=trust)
+    ram_call(target, "AttachPolicyToRole", PolicyType="System", PolicyName=policy, RoleName=role)
+    answer = api.call(target.gateway_url, "sts", "AssumeRole",
+                      {"RoleArn": f"acs:ram::{target.account_id}:role/{role}", "RoleSessionName": "reader",
+                       "DurationSeconds": str(duration)},
+                      api.Credential(key["AccessKeyId"], key["AccessKeySecret"]))
+    return answer["Credentials"]
+
+
+def _refusal(fn) -> str:  # noqa: ANN001
+    """'' when ``fn`` succeeds, else the OSS error code it raised."""
+    try:
+        fn()
+        return ""
+    except oss2.exceptions.ServerError as exc:
+        return f"{exc.status} {exc.code}"
+
+
+def test_a_token_past_its_expiry_is_refused(fast_clock) -> None:  # noqa: ANN001
+    import time
+    name = root_bucket(fast_clock).bucket_name
+    oss2.Bucket(oss2.Auth(fast_clock.access_key_id, fast_clock.access_key_secret), fast_clock.oss_url, name).put_object("k", b"v")
+    creds = assumed_session(fast_clock, "AliyunOSSReadOnlyAccess")
+    minted = time.monotonic()
+    bucket = oss2.Bucket(oss2.StsAuth(creds["AccessKeyId"], creds["AccessKeySecret"], creds["SecurityToken"]),
+                         fast_clock.oss_url, name)
+    assert bucket.get_object("k").read() == b"v"  # valid now
+    refused = wait_until(lambda: _refusal(lambda: bucket.get_object("k").read()), timeout=900 / TIME_SCALE + 20,
+                         what="the session to expire")
+    assert refused == "403 SecurityTokenExpired"
+    assert time.monotonic() - minted > 900 / TIME_SCALE - 3  # refused for its expiry, not before
+    v2 = v2_client(fast_clock, ossv2.credentials.StaticCredentialsProvider(creds["AccessKeyId"], creds["AccessKeySecret"],
+                                                                           creds["SecurityToken"]))
+    with pytest.raises(ossv2.exceptions.OperationError) as v4:  # signature V4: the same refusal
+        v2.get_object(ossv2.GetObjectRequest(bucket=name, key="k"))
+    assert v4.value.unwrap().code == "SecurityTokenExpired" and v4.value.unwrap().status_code == 403
+
+
+def _fetch(url: str, method: str = "GET", data: bytes | None = None, content_type: str = "") -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+    headers = {"Content-Type": content_type} if content_type else {}  # urllib's default for a body is form-encoded
+    try:
+        with api.opener.open(urllib.request.Request(url, method=method, data=data, headers=headers), timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_presigned_urls_work_until_they_expire(target) -> None:  # noqa: ANN001
+    import time
+    bucket = root_bucket(target)
+    bucket.put_object("shared.txt", b"presigned body")
+    lifetime = 3
+    signed_at = time.time()
+    url = bucket.sign_url("GET", "shared.txt", lifetime)
+    put_url = bucket.sign_url("PUT", "uploaded.txt", lifetime, headers={"Content-Type": "text/plain"})
+    assert "OSSAccessKeyId=" in url and "Signature=" in url and "Expires=" in url
+    assert _fetch(url) == (200, b"presigned body")
+    status, _ = _fetch(put_url, "PUT", b"via presigned PUT", "text/plain")
+    assert status == 200 and bucket.get_object("uploaded.txt").read() == b"via presigned PUT"
+    tampered = url.replace("shared.txt", "uploaded.txt")  # the signature covers the key
+    status, body = _fetch(tampered)
+    assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body
+    longer = url.replace(f"Expires={int(signed_at) + lifetime}", f"Expires={int(signed_at) + 3600}")  # nor can Expires move
+    if longer != url:
+        status, body = _fetch(longer)
+        assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body
+    status, body = wait_until(lambda: (answer := _fetch(url))[0] != 200 and answer, timeout=lifetime + 10,
+                              what="the presigned URL to expire")
+    assert time.time() >= signed_at + lifetime - 1
+    assert status == 403 and b"<Code>AccessDenied</Code>" in body and b"expired" in body
+    status, body = _fetch(put_url, "PUT", b"too late", "text/plain")
+    assert status == 403 and bucket.get_object("uploaded.txt").read() == b"via presigned PUT"
+
+
+def test_an_instance_sessions_presigned_url_carries_its_token(target, instance_role) -> None:  # noqa: ANN001
+    role, creds = instance_role
+    ram_call(target, "AttachPolicyToRole", PolicyType="System", PolicyName="AliyunOSSReadOnlyAccess", RoleName=role)
+    bucket = root_bucket(target)
+    bucket.put_object("k", b"for the instance")
+    as_instance = oss2.Bucket(oss2.ProviderAuth(FromMetadata(creds)), target.oss_url, bucket.bucket_name)
+    url = as_instance.sign_url("GET", "k", 60)
+    assert "security-token=" in url
+    assert _fetch(url) == (200, b"for the instance")
+    ram_call(target, "DetachPolicyFromRole", PolicyType="System", PolicyName="AliyunOSSReadOnlyAccess", RoleName=role)
+    status, body = _fetch(url)  # a presigned URL grants no more than its signer holds now
+    assert status == 403 and b"<Code>AccessDenied</Code>" in body
+
+
+# -- bad input on the wire: raw sockets ----------------------------------------------------------
+def _signed_head(target: cluster.ClusterFile, method: str, bucket: str, key: str, extra: dict[str, str]) -> bytes:
+    """A V1-signed (as the root, by oss2) request head with ``extra`` headers, as raw bytes."""
+    req = oss2.http.Request(method, f"{target.oss_url}/{bucket}/{key}", params={}, headers={})
+    oss2.Auth(target.access_key_id, target.access_key_secret)._sign_request(req, bucket, key)
+    headers = {k: v for k, v in req.headers.items() if k.lower() in ("date", "authorization")}
+    lines = [f"{method} /{bucket}/{key} HTTP/1.1", f"Host: {target.oss_url.split('//', 1)[1]}",
+             *(f"{k}: {v}" for k, v in {**headers, **extra}.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _exchange(target: cluster.ClusterFile, data: bytes, *, half_close: bool = False) -> bytes:
+    """Send ``data`` on a fresh connection; read one response, or until the server closes (bounded by the timeout)."""
+    import socket
+    host, port = target.oss_url.split("//", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(data)
+        if half_close:  # the client is gone: the body ends here
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while not _complete(answer) and (chunk := sock.recv(65536)):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        return answer
+
+
+def _complete(answer: bytes) -> bool:
+    """One whole response (head and Content-Length bytes of body) has arrived."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                   if line.lower().startswith(b"content-length:")), 0)
+    return len(body) >= length
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else 0
+
+
+def _serving(bucket: oss2.Bucket) -> list[str]:
+    """The service still answers: the bucket's listing (also what the test compares)."""
+    return sorted(o.key for o in oss2.ObjectIterator(bucket))
+
+
+def test_uploads_without_a_length_or_with_a_short_body_leave_nothing(target) -> None:  # noqa: ANN001
+    bucket = root_bucket(target, "wire-")
+    name = bucket.bucket_name
+    bucket.put_object("kept", b"old body")
+    before = _serving(bucket)
+
+    # No Content-Length and not chunked: 411 MissingContentLength.
+    answer = _exchange(target, _signed_head(target, "PUT", name, "no-length", {"Connection": "close"}))
+    assert _status(answer) == 411 and b"<Code>MissingContentLength</Code>" in answer and b"x-oss-request-id" in answer
+    # Chunked is how OSS takes a body of unknown length: stored whole.
+    answer = _exchange(target, _signed_head(target, "PUT", name, "chunked", {"Transfer-Encoding": "chunked",
+                                                                            "Connection": "close"})
+                       + b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    assert _status(answer) == 200 and bucket.get_object("chunked").read() == b"hello world"
+    bucket.delete_object("chunked")
+    # Content-Length 1000, 10 bytes, then the client goes away: no answer is owed, nothing is stored.
+    for key in ("short", "kept"):
+        answer = _exchange(target, _signed_head(target, "PUT", name, key, {"Content-Length": "1000"}) + b"0123456789",
+                           half_close=True)
+        assert answer == b"" or _status(answer) == 400, answer[:300]
+    # A chunked body cut off inside a chunk: the same.
+    answer = _exchange(target, _signed_head(target, "PUT", name, "short-chunked", {"Transfer-Encoding": "chunked"})
+                       + b"50\r\nhello", half_close=True)
+    assert answer == b"" or _status(answer) == 400, answer[:300]
+    for key in ("no-length", "short", "short-chunked"):
+        assert not bucket.object_exists(key)
+    assert bucket.get_object("kept").read() == b"old body"  # the object a failed upload aimed at is intact
+    # A declared length over the limit is refused before any byte of the body.
+    answer = _exchange(target, _signed_head(target, "PUT", name, "huge", {"Content-Length": str(65 * 2**20),
+                                                                         "Connection": "close"}))
+    assert _status(answer) == 400 and b"<Code>EntityTooLarge</Code>" in answer
+    # A Content-Length that is not a number never reaches OSS: the HTTP parser answers 400.
+    answer = _exchange(target, _signed_head(target, "PUT", name, "nan", {"Content-Length": "ten"}))
+    assert _status(answer) == 400
+    # A body whose MD5 is not its Content-MD5.
+    with pytest.raises(oss2.exceptions.ServerError) as digest:
+        bucket.put_object("bad-md5", b"body", headers={"Content-MD5": "AAAAAAAAAAAAAAAAAAAAAA=="})
+    assert digest.value.code == "InvalidDigest" and digest.value.status == 400
+    assert not bucket.object_exists("bad-md5")
+    assert _serving(bucket) == before == ["kept"]
+
+
+def test_bad_names_and_malformed_xml_create_nothing(target) -> None:  # noqa: ANN001
+    auth = oss2.Auth(target.access_key_id, target.access_key_secret)
+    service = oss2.Service(auth, target.oss_url)
+    buckets_before = sorted(b.name for b in oss2.BucketIterator(service))
+    for bad in ("Bad_Bucket", "ab", "-abc", "abc-", "a" * 64, "a.b", "caf%C3%A9"):  # oss2 refuses these itself: raw
+        answer = _exchange(target, _signed_head(target, "PUT", bad, "", {"Content-Length": "0", "Connection": "close"}))
+        assert _status(answer) == 400 and b"<Code>InvalidBucketName</Code>" in answer, (bad, answer[-300:])
+    malformed = "x" + uuid.uuid4().hex[:8]
+    for body in (b"<CreateBucketConfiguration><StorageClass>", b"not xml at all", b"<a></b>"):
+        answer = _exchange(target, _signed_head(target, "PUT", malformed, "", {"Content-Length": str(len(body)),
+                                                                               "Connection": "close"}) + body)
+        assert _status(answer) == 400 and b"<Code>MalformedXML</Code>" in answer, answer[-300:]
+    with pytest.raises(oss2.exceptions.NoSuchBucket):
+        oss2.Bucket(auth, target.oss_url, malformed).get_bucket_info()
+    assert sorted(b.name for b in oss2.BucketIterator(service)) == buckets_before
+
+    bucket = root_bucket(target, "names-")
+    longest = "k" * 1023
+    bucket.put_object(longest, b"fits")
+    for bad in ("k" * 1024, "\u00e9" * 512, "/leading-slash", "ctl\x01char"):
+        with pytest.raises(oss2.exceptions.ServerError) as caught:
+            bucket.put_object(bad, b"x")
+        assert caught.value.code == "InvalidObjectName" and caught.value.status == 400, bad
+    assert _serving(bucket) == [longest]
