@@ -6,6 +6,6 @@
 from __future__ import annotations
 
 from protocol.errors import Error
-from protocol.messages import common, ecs, ram, sts
+from protocol.messages import app, common, ecs, ram, sts
 
-ALL: tuple[type, ...] = (Error, *common.ALL, *ram.ALL, *sts.ALL, *ecs.ALL)
+ALL: tuple[type, ...] = (Error, *common.ALL, *ram.ALL, *sts.ALL, *ecs.ALL, *app.ALL)

@@ -17,11 +17,11 @@ everyone (pattern)     ``node/+/from/<me>`` (direct messages)    ``node/<me>/fro
 ``oss``                                                          ``event/ram/+``
 ``metadata-host-<n>``                                            ``host/host-<n>/instance/+``
 ``gateway``
-``operator``           (``ramsim up``'s pings, tools, tests)
+``operator``           ``event/app/+`` (``ramsim app``'s calls)
 ``observer``                                                     ``event/+/+`` (monitoring, tests)
 =====================  ========================================  =====================================
 
-Nobody else publishes events or host topics, and nothing reads another node's inbox, so the
+No other identity publishes events (the operator only the workload's ``event/app/+``) or host topics, and nothing reads another node's inbox, so the
 ``from`` segment of a direct message names its real sender (receivers drop an envelope whose
 ``src`` disagrees) and only ECS can hand credentials to a host. Retained messages are off in
 the broker (``retain_available false``); the bus never sets the retain flag.
@@ -71,7 +71,7 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
             Rule("read", topics.events("ram"))),
     "gateway": (),
     "oss": (Rule("read", topics.events("ram")),),
-    OPERATOR: (),
+    OPERATOR: (Rule("write", topics.events("app")),),  # `ramsim app` joins as the operator and reports each call
     OBSERVER: (Rule("read", topics.events()),),
 }
 

@@ -21,6 +21,7 @@ from services.ram.policy import ECS_TRUST_POLICY
 
 ROLE = "MyApplicationRole"
 PASS_ROLE_POLICY = "PassMyApplicationRole"
+OSS_POLICY = "AliyunOSSFullAccess"
 
 
 def run(cluster_file: Path | None, options: up.Options, *, embedded: bool = False) -> int:
@@ -83,6 +84,40 @@ class Steps:
         self.say(f"\n[{n}] {text}")
 
 
+def _oss(target: cluster.ClusterFile, token: dict[str, str], bucket_name: str, s: Steps, say: Callable[[str], None]) -> bool:
+    """Step 9 in OSS: put and get an object with the role's token (oss2, signature V1), then
+    detach the OSS policy and attach it again, timing how long each takes to apply."""
+    import oss2
+
+    bucket = oss2.Bucket(oss2.StsAuth(token["AccessKeyId"], token["AccessKeySecret"], token["SecurityToken"]),
+                         target.oss_url, bucket_name, connect_timeout=5)
+    bucket.create_bucket()
+    bucket.put_object("hello.txt", b"hello from the instance")
+    body = bucket.get_object("hello.txt").read().decode()
+    say(f"    oss PutBucket {bucket_name}, PutObject hello.txt, GetObject hello.txt -> {body!r} ({OSS_POLICY})")
+
+    def allowed() -> bool:
+        try:
+            bucket.put_object("hello.txt", b"hello again")
+            return True
+        except oss2.exceptions.AccessDenied:
+            return False
+
+    for action, want in (("DetachPolicyFromRole", False), ("AttachPolicyToRole", True)):
+        sent = time.monotonic()
+        s.call("ram", action, PolicyType="System", PolicyName=OSS_POLICY, RoleName=ROLE)
+        while allowed() != want:
+            if time.monotonic() - sent > 1.0:
+                say(f"    UNEXPECTED: OSS PutObject still {'denied' if want else 'allowed'} 1 s after {action}")
+                return False
+        took = (time.monotonic() - sent) * 1000
+        if want:
+            say(f"    {OSS_POLICY} attached again -> oss PutObject allowed, {took:.0f} ms after the attach was sent")
+        else:
+            say(f"    {OSS_POLICY} detached -> oss PutObject refused (AccessDenied), {took:.0f} ms after the detach was sent")
+    return True
+
+
 def walk(target: cluster.ClusterFile, say: Callable[[str], None]) -> int:
     from services.cli.main import instances, read_metadata
 
@@ -95,8 +130,9 @@ def walk(target: cluster.ClusterFile, say: Callable[[str], None]) -> int:
              Description="Role for applications on ECS instances")
     say(f"    trust policy: {ECS_TRUST_POLICY}")
 
-    s.step(2, "It attaches the policies the applications need to the role (here: AliyunECSReadOnlyAccess).")
-    s.ensure("ram", "AttachPolicyToRole", PolicyType="System", PolicyName="AliyunECSReadOnlyAccess", RoleName=ROLE)
+    s.step(2, "It attaches the policies the applications need to the role (here: AliyunECSReadOnlyAccess and AliyunOSSFullAccess).")
+    for policy in ("AliyunECSReadOnlyAccess", OSS_POLICY):
+        s.ensure("ram", "AttachPolicyToRole", PolicyType="System", PolicyName=policy, RoleName=ROLE)
     attached = s.call("ram", "ListPoliciesForRole", RoleName=ROLE)["Policies"]["Policy"]
     say("    role policies: " + ", ".join(p["PolicyName"] for p in attached))
 
@@ -166,6 +202,11 @@ def walk(target: cluster.ClusterFile, say: Callable[[str], None]) -> int:
     s.call("ram", "AttachPolicyToRole", PolicyType="System", PolicyName="AliyunECSReadOnlyAccess", RoleName=ROLE)
     s.call("ecs", "DescribeInstances", session, RegionId=region)
     say("    policy attached again -> allowed again, with no restart and no new token")
+    if target.oss_url:
+        if not _oss(target, token, f"ramsim-demo-{run_id}", s, say):
+            return 1
+    else:
+        say("    (this cluster runs no OSS: the cluster file has no OssUrl)")
 
     s.step(10, "Epilogue: DetachInstanceRamRole; the instance stops serving the role.")
     detached = time.monotonic()

@@ -4,6 +4,7 @@
     ramsim demo      walk the seed's nine steps (starts its own cluster if none is running)
     ramsim instances list instances and the URL of each one's metadata view
     ramsim metadata  read what an instance sees at http://100.100.100.200<path>
+    ramsim app       run an application on an instance: OSS calls with its role's credentials, measured
     ramsim ram|ecs|sts <Action> --Param value ...   call an API, like Alibaba's aliyun CLI
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from services.cli import api, cluster, demo, up
+from services.cli import api, app, cluster, demo, up
 from services.runtime import logs
 from services.gateway.core import PRODUCTS, VERSIONS
 
@@ -28,6 +29,7 @@ EPILOG = """examples:
   ramsim ram CreateRole --RoleName MyApplicationRole --AssumeRolePolicyDocument "$(cat trust.json)"
   ramsim ecs AttachInstanceRamRole --RegionId cn-hangzhou --RamRoleName MyApplicationRole --InstanceIds '["i-..."]'
   ramsim metadata i-... /latest/meta-data/ram/security-credentials/
+  ramsim app i-... --rate 20 --duration 30
 The cluster is found with --cluster-file, else $RAMSIM_CLUSTER, else .ramsim/cluster.json."""
 
 
@@ -64,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="e.g. /latest/meta-data/ram/security-credentials/")
     p.add_argument("--token", help="send this hardened-mode token (X-aliyun-ecs-metadata-token)")
     p.add_argument("--cluster-file", help="cluster file (default: $RAMSIM_CLUSTER or .ramsim/cluster.json)")
+
+    app.add_parser(sub)
 
     for product in sorted(VERSIONS):
         actions = sorted(next(cmds for _, (name, cmds) in PRODUCTS.items() if name == product))
@@ -185,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "metadata":
             return _metadata(args)
+        if args.command == "app":
+            return app.main(args)
         if args.command in VERSIONS:
             return _product(args, extra, parser)
     except (cluster.NoCluster, up.UpError) as exc:

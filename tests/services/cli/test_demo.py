@@ -23,4 +23,7 @@ def test_demo_falls_back_to_the_in_memory_cluster_without_mosquitto(monkeypatch:
     assert "assumed-role/MyApplicationRole/i-" in out
     assert "InvalidUser.PassRoleForbidden" in out
     assert "the same token is refused at once: Forbidden.RAM" in out
+    assert "GetObject hello.txt -> 'hello from the instance'" in out
+    assert "AliyunOSSFullAccess detached -> oss PutObject refused (AccessDenied)" in out
+    assert "AliyunOSSFullAccess attached again -> oss PutObject allowed" in out
     assert "inside this process, over the in-memory bus" in out
