@@ -58,10 +58,13 @@ class Authenticate(Message):
     string_to_sign: str
     signature_method: str = "HMAC-SHA1"
     security_token: str = ""
+    want_signing_key: bool = False  # OSS only: also return the V4 key scoped to this request's day/region/product
 
 
 class AuthenticateOk(Message):
     principal: Principal
+    signing_key: str = ""     # hex; a scoped V4 derived key, never the secret (see signing.oss4_signing_key)
+    valid_until: float = 0.0  # epoch seconds: the end of the key's day, or the session's expiry if sooner
 
 
 ALL = (Ping, PingOk, Authenticate, AuthenticateOk)

@@ -14,6 +14,7 @@ hold the secrets) verify it. Decisions use the effective-policy cache
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -371,6 +372,16 @@ class Verdict:
     action: str = ""
 
 
+MAX_KEYS = 10_000
+
+
+@dataclass(frozen=True)
+class _Key:
+    key: bytes
+    valid_until: float
+    principal: common.Principal
+
+
 class OssCore:
     """The OSS enforcement point: its cache follows RAM's events."""
 
@@ -380,12 +391,15 @@ class OssCore:
         self.account_id = account_id
         self.region_id = region_id
         self.cache = PolicyCache()
+        self._keys: dict[tuple[str, str, tuple[str, str, str]], _Key] = {}
 
     def subscriptions(self) -> list[str]:
         return [topics.events("ram")]
 
     def handle(self, msg: Envelope, now: float) -> list[Effect]:
         if self.cache.observed(msg):  # a RAM change: cached decisions may be stale
+            if isinstance(msg.body, ram.AccessKeyChanged):  # disabled or deleted: its derived keys go too
+                self._keys = {k: v for k, v in self._keys.items() if k[0] != msg.body.access_key_id}
             return []
         return [Log("message_ignored", "debug", {"type": type(msg.body).__name__, "src": msg.src})]
 
@@ -397,6 +411,28 @@ class OssCore:
 
     def next_deadline(self) -> float | None:
         return None
+
+    # -- V4 derived keys: verify locally what RAM/STS already verified once -------------------
+    def verify_locally(self, credential: common.Authenticate, now: float) -> common.Principal | None:
+        """The principal of a V4 request whose scope's derived key RAM/STS handed over earlier, if
+        the signature checks out with it; None means: ask the verifier (who knows why not)."""
+        if credential.signature_method != signing.OSS_V4:
+            return None
+        scope = signing.oss4_scope(credential.string_to_sign)
+        found = self._keys.get((credential.access_key_id, credential.security_token, scope)) if scope else None
+        if found is None or now >= found.valid_until:
+            return None
+        expected = signing.oss4_sign_with_key(found.key, credential.string_to_sign)
+        return found.principal if hmac.compare_digest(expected, credential.signature) else None
+
+    def remember_key(self, credential: common.Authenticate, answer: common.AuthenticateOk) -> None:
+        scope = signing.oss4_scope(credential.string_to_sign)
+        if not answer.signing_key or scope is None:
+            return
+        if len(self._keys) >= MAX_KEYS:
+            self._keys.clear()
+        self._keys[(credential.access_key_id, credential.security_token, scope)] = _Key(
+            bytes.fromhex(answer.signing_key), answer.valid_until, answer.principal)
 
     def cached(self, principal: common.Principal) -> Entry | None:
         """The principal's effective policies if known (``None``: ask RAM ``GetEffectivePolicies``)."""

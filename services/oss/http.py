@@ -15,6 +15,7 @@ import secrets
 import time
 from typing import AsyncIterator
 
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -24,6 +25,7 @@ from protocol.messages.common import AuthenticateOk
 from services.oss import core, documents
 from services.oss.core import OssError, oss_error
 from services.oss.store import BadDigest, Incomplete, Store, TooLarge
+from services.runtime import signing
 from services.runtime.client import BusClient
 from services.runtime.clock import Clock
 
@@ -75,14 +77,18 @@ class OssHttp:
         if not self.authorize:  # benchmark-only baseline: the same path without authentication and authorization
             return await self._perform(request, op, call.query, "unauthenticated")
         trace_id = request_id[:16].lower()
-        who = await self.client.request(core.verifier(call.credential.access_key_id), call.credential,
-                                        timeout=self.request_timeout, trace_id=trace_id)
-        if not isinstance(who, AuthenticateOk):
-            code = who.code if isinstance(who, Error) else type(who).__name__
-            log.info("oss_unauthenticated", code=code, access_key_id=call.credential.access_key_id)
-            return core.authentication_error(who if isinstance(who, Error) else Error(code=code, message=""),
-                                             call.credential.string_to_sign)
-        principal = who.principal
+        principal = self.core.verify_locally(call.credential, self.clock.now())
+        if principal is None:
+            asked = msgspec.structs.replace(call.credential, want_signing_key=call.credential.signature_method == signing.OSS_V4)
+            who = await self.client.request(core.verifier(call.credential.access_key_id), asked,
+                                            timeout=self.request_timeout, trace_id=trace_id)
+            if not isinstance(who, AuthenticateOk):
+                code = who.code if isinstance(who, Error) else type(who).__name__
+                log.info("oss_unauthenticated", code=code, access_key_id=call.credential.access_key_id)
+                return core.authentication_error(who if isinstance(who, Error) else Error(code=code, message=""),
+                                                 call.credential.string_to_sign)
+            self.core.remember_key(call.credential, who)
+            principal = who.principal
         entry = self.core.cached(principal)
         if entry is None:
             answer = await self.client.request("ram", ram.GetEffectivePolicies(principal=principal),

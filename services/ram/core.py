@@ -98,7 +98,8 @@ class RamCore:
                     Log("signature_mismatch", "warning", {"access_key_id": body.access_key_id})]
         user = self.dir.users.get(key.user_name) if key.user_name else None
         principal = self.user_principal(user, body.access_key_id) if user else self.root()
-        return [Reply(msg, common.AuthenticateOk(principal=principal))]
+        signing_key, valid_until = signing.scoped_key(key.secret, body, msg.src)
+        return [Reply(msg, common.AuthenticateOk(principal=principal, signing_key=signing_key, valid_until=valid_until))]
 
     # -- decisions ------------------------------------------------------------------------
     def decide(self, principal: common.Principal, check: m.Check, now: float) -> m.Decision:

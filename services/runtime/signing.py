@@ -16,6 +16,7 @@ drift. Test vectors: ``../shared/reference/alibaba.md`` section 8.5.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import urllib.parse
@@ -89,17 +90,56 @@ def oss_hmac_sha1(secret: str, string_to_sign: str) -> str:
     return base64.b64encode(hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha1).digest()).decode()
 
 
-def oss4_hmac_sha256(secret: str, string_to_sign: str) -> str:
-    """OSS signature V4: the key derives from ``aliyun_v4 + secret`` through the scope
-    (``date/region/product/aliyun_v4_request``, the third line of the string to sign)."""
+def oss4_scope(string_to_sign: str) -> tuple[str, str, str] | None:
+    """(date, region, product) of an OSS V4 string to sign (its third line), or None."""
     lines = string_to_sign.split("\n")
     scope = lines[2].split("/") if len(lines) == 4 else []
-    if len(scope) != 4 or scope[3] != "aliyun_v4_request":
-        return ""
+    if len(scope) != 4 or scope[3] != "aliyun_v4_request" or not all(scope[:3]):
+        return None
+    return scope[0], scope[1], scope[2]
+
+
+def oss4_signing_key(secret: str, date: str, region: str, product: str) -> bytes:
+    """The V4 signing key: derived from ``aliyun_v4 + secret`` through the scope. It verifies
+    only requests of that day, region and product, so a service may hold it without holding
+    the secret (as AWS services hold SigV4 derived keys)."""
     key = ("aliyun_v4" + secret).encode()
-    for part in (*scope[:3], "aliyun_v4_request"):
+    for part in (date, region, product, "aliyun_v4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def oss4_scope_end(date: str) -> float:
+    """When a scope's day ends (epoch seconds, UTC); 0 for a malformed date."""
+    try:
+        day = datetime.datetime.strptime(date, "%Y%m%d").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return 0.0
+    return (day + datetime.timedelta(days=1)).timestamp()
+
+
+def scoped_key(secret: str, body: object, src: str) -> tuple[str, float]:
+    """What a verifier (RAM, STS) hands back with an authenticated OSS V4 request when the OSS
+    service asks for it: the derived key of the request's scope, and until when it may be used.
+    Anyone else, or any other scheme, gets nothing."""
+    if src != "oss" or not getattr(body, "want_signing_key", False) or getattr(body, "signature_method", "") != OSS_V4:
+        return "", 0.0
+    scope = oss4_scope(getattr(body, "string_to_sign", ""))
+    if scope is None or scope[2] != "oss":
+        return "", 0.0
+    return oss4_signing_key(secret, *scope).hex(), oss4_scope_end(scope[0])
+
+
+def oss4_sign_with_key(key: bytes, string_to_sign: str) -> str:
     return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def oss4_hmac_sha256(secret: str, string_to_sign: str) -> str:
+    """OSS signature V4 over ``string_to_sign`` (whose scope names the key's derivation)."""
+    scope = oss4_scope(string_to_sign)
+    if scope is None:
+        return ""
+    return oss4_sign_with_key(oss4_signing_key(secret, *scope), string_to_sign)
 
 
 SCHEMES = {"HMAC-SHA1": hmac_sha1, ACS3: hmac_sha256_hex, OSS_V1: oss_hmac_sha1, OSS_V4: oss4_hmac_sha256}

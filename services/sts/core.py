@@ -178,7 +178,9 @@ class StsCore:
         elif not signing.verify(claims.access_key_secret, body.string_to_sign, body.signature, body.signature_method):
             problem = error("SignatureDoesNotMatch", "Specified signature is not matched with our calculation.")
         else:
-            return [Reply(msg, common.AuthenticateOk(principal=self.principal(claims)))]
+            signing_key, valid_until = signing.scoped_key(claims.access_key_secret, body, msg.src)
+            return [Reply(msg, common.AuthenticateOk(principal=self.principal(claims), signing_key=signing_key,
+                                                     valid_until=min(valid_until, claims.expires_at)))]
         return [Reply(msg, problem)]
 
     def principal(self, claims: tokens.Claims) -> common.Principal:

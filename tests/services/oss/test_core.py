@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import alibabacloud_oss_v2 as ossv2
+import msgspec
 import oss2
 import pytest
 from alibabacloud_oss_v2.signer.v4 import SignerV4
@@ -288,3 +289,63 @@ def test_verifier_and_authentication_errors() -> None:
 def test_v4_time_parse() -> None:
     stamp = datetime.datetime(2024, 2, 29, 12, 34, 56, tzinfo=datetime.timezone.utc)
     assert core._v4_time(stamp.strftime("%Y%m%dT%H%M%SZ")) == stamp.timestamp()
+
+
+# -- V4 derived keys: verified once by RAM/STS, then locally -------------------------------------
+def _v4_credential(secret: str = SECRET, token: str = TOKEN, key: str = "k.txt") -> common.Authenticate:
+    auth = oss2.ProviderAuthV4(oss2.credentials.StaticCredentialsProvider(AK, secret, token))
+    url = f"http://127.0.0.1:9000/bkt/{key}"
+    req = oss2.http.Request("GET", url, params={}, headers={}, region="cn-hangzhou", product="oss")
+    auth._sign_request(req, "bkt", key)
+    cred = core.credential(_as_request("GET", url, dict(req.headers)), "bkt", key, {}, time.time())
+    assert isinstance(cred, common.Authenticate)
+    return cred
+
+
+PRINCIPAL = common.Principal(identity_type="AssumedRoleUser", account_id=ACCOUNT, arn="arn", principal_id="p", role_name="R")
+
+
+def _remembered(oss: core.OssCore, cred: common.Authenticate, valid_until: float) -> None:
+    scope = signing.oss4_scope(cred.string_to_sign)
+    assert scope is not None
+    key = signing.oss4_signing_key(SECRET, *scope).hex()
+    oss.remember_key(cred, common.AuthenticateOk(principal=PRINCIPAL, signing_key=key, valid_until=valid_until))
+
+
+def test_a_v4_request_verifies_locally_with_the_scoped_key_it_was_handed() -> None:
+    oss = core.OssCore(account_id=ACCOUNT, region_id="cn-hangzhou")
+    first = _v4_credential()
+    assert oss.verify_locally(first, time.time()) is None  # nothing known yet: ask the verifier
+    _remembered(oss, first, time.time() + 3600)
+    later = _v4_credential(key="other.txt")  # another request, same session and scope
+    assert oss.verify_locally(later, time.time()) == PRINCIPAL
+    forged = msgspec.structs.replace(later, signature="0" * 64)
+    assert oss.verify_locally(forged, time.time()) is None  # falls back to the verifier, which refuses it
+    other_token = _v4_credential(token="another-token")
+    assert oss.verify_locally(other_token, time.time()) is None
+    assert oss.verify_locally(later, time.time() + 7200) is None  # past the key's validity
+
+
+def test_a_disabled_access_key_drops_its_derived_keys_at_once() -> None:
+    from protocol import topics
+    from protocol.envelope import Envelope
+
+    oss = core.OssCore(account_id=ACCOUNT, region_id="cn-hangzhou")
+    cred = _v4_credential()
+    _remembered(oss, cred, time.time() + 3600)
+    event = Envelope(src="ram", dest="*", msg_id=1, body=ram.AccessKeyChanged(access_key_id=AK, user_name="u", status="Inactive",
+                                                                              generation=9))
+    assert oss.handle(event, time.time()) == []
+    assert oss.verify_locally(cred, time.time()) is None
+    assert topics.events("ram") in oss.subscriptions()
+
+
+def test_verifiers_hand_out_scoped_keys_only_to_oss_and_only_for_v4() -> None:
+    cred = msgspec.structs.replace(_v4_credential(), want_signing_key=True)
+    key, until = signing.scoped_key(SECRET, cred, "oss")
+    scope = signing.oss4_scope(cred.string_to_sign)
+    assert key == signing.oss4_signing_key(SECRET, *scope).hex() and SECRET not in key  # type: ignore[misc]
+    assert until == signing.oss4_scope_end(scope[0])  # type: ignore[index]
+    assert signing.scoped_key(SECRET, cred, "gateway") == ("", 0.0)
+    assert signing.scoped_key(SECRET, msgspec.structs.replace(cred, want_signing_key=False), "oss") == ("", 0.0)
+    assert signing.scoped_key(SECRET, msgspec.structs.replace(cred, signature_method=signing.OSS_V1), "oss") == ("", 0.0)
