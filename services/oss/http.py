@@ -26,7 +26,7 @@ from services.oss import core, documents
 from services.oss.core import OssError, oss_error
 from services.oss.store import BadDigest, Incomplete, Store, TooLarge
 from services.runtime import signing
-from services.runtime.client import BusClient
+from services.runtime.client import BusBarrier, BusClient
 from services.runtime.clock import Clock
 
 log = structlog.get_logger("oss.http")
@@ -43,6 +43,7 @@ class OssHttp:
         self.request_timeout = request_timeout
         self.max_object_size = max_object_size
         self.authorize = authorize  # False only for bench/oss.py's baseline (RAMSIM_OSS_AUTHORIZE=false)
+        self.barrier = BusBarrier(client, timeout=request_timeout)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = secrets.token_hex(12).upper()
@@ -78,6 +79,9 @@ class OssHttp:
             return await self._perform(request, op, call.query, "unauthenticated")
         trace_id = request_id[:16].lower()
         principal = self.core.verify_locally(call.credential, self.clock.now())
+        if principal is not None and not await self.barrier.wait():
+            # verified without a bus round trip: first let every RAM event sent before this request land
+            return oss_error("ServiceUnavailable", "Authorization is unavailable, try again.", 503)
         if principal is None:
             asked = msgspec.structs.replace(call.credential, want_signing_key=call.credential.signature_method == signing.OSS_V4)
             who = await self.client.request(core.verifier(call.credential.access_key_id), asked,

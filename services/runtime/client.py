@@ -142,3 +142,41 @@ class BusClient(Endpoint):
             future.set_result(env.body)
         elif self._on_message is not None:
             self._on_message(env)
+
+
+class BusBarrier:
+    """Wait until everything the broker received for this client before now has been handled.
+
+    A request that reaches a service by another road (HTTP) can overtake an event already on its
+    way over the bus: the client saw RAM's reply to a policy change, so RAM's event was at the
+    broker before the client's next HTTP request was sent. A ping to ourselves through the broker
+    queues behind that event in our one ordered inbox; once its answer is back, the event has been
+    handled. Concurrent waiters share a ping sent after they arrived, so under load the cost is
+    one round trip per batch, not per request.
+    """
+
+    def __init__(self, client: BusClient, *, timeout: float = 5.0) -> None:
+        self.client = client
+        self.timeout = timeout
+        self._arrivals = 0
+        self._covers = 0
+        self._ping: asyncio.Future[Message] | None = None
+
+    async def wait(self) -> bool:
+        """True once the bus has caught up; False if the ping timed out (the broker is away)."""
+        self._arrivals += 1
+        me = self._arrivals
+        while True:
+            ping = self._ping
+            if ping is not None and self._covers >= me:
+                return isinstance(await asyncio.shield(ping), PingOk)
+            if ping is None:
+                self._covers = self._arrivals
+                ping = self._ping = asyncio.ensure_future(self.client.request(self.client.node_id, Ping(), timeout=self.timeout))
+                ping.add_done_callback(self._done)
+            else:
+                await asyncio.shield(ping)  # sent before we arrived: wait it out, then join a newer one
+
+    def _done(self, ping: asyncio.Future[Message]) -> None:
+        if self._ping is ping:
+            self._ping = None

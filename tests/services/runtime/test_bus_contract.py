@@ -226,3 +226,26 @@ async def test_unreachable_broker_is_a_clear_error() -> None:
 
     with pytest.raises(BusError, match="cannot connect"):
         await MqttBus.connect(f"mqtt://127.0.0.1:{free_port()}", "nobody", timeout=2)
+
+
+async def test_a_barrier_returns_only_after_what_was_sent_before_it_was_handled(make_bus: MakeBus) -> None:
+    from services.runtime.client import BusBarrier
+
+    me, other = await make_bus(), await make_bus()
+    topic = unique("barrier")
+    seen: list[bytes] = []
+
+    async def slow_handler(t: str, payload: bytes) -> None:
+        await asyncio.sleep(0.01)  # the event is still being handled when the barrier is asked for
+        seen.append(payload)
+
+    await me.subscribe(topic, slow_handler)
+    barrier = BusBarrier(await BusClient(me, f"barrier{next(_ids)}", ScaledClock()).start())
+    sender = BusClient(other, f"sender{next(_ids)}", ScaledClock())
+    await sender.start()
+    for i in range(5):
+        await other.publish(topic, b"%d" % i)
+    assert await BusBarrier(sender).wait()  # the sender's own round trip: its publishes are at the broker
+    results = await asyncio.gather(*(barrier.wait() for _ in range(10)))  # concurrent waiters share pings
+    assert all(results)
+    assert seen == [b"0", b"1", b"2", b"3", b"4"]
