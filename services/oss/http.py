@@ -24,7 +24,7 @@ from protocol.messages import ram
 from protocol.messages.common import AuthenticateOk
 from services.oss import core, documents
 from services.oss.core import OssError, oss_error
-from services.oss.store import BadDigest, Incomplete, Store, TooLarge
+from services.oss.store import BadDigest, Incomplete, Object, Store, TooLarge
 from services.runtime import signing
 from services.runtime.client import BusBarrier, BusClient
 from services.runtime.clock import Clock
@@ -112,6 +112,12 @@ class OssHttp:
         log.info("oss_request_served", action=op.name, principal=principal, bucket=op.bucket,
                  outcome=result.code if isinstance(result, OssError) else "ok")
         return result
+
+    def _existing(self, op: core.Operation) -> "Object | OssError":
+        """The stored object an operation names, or the OSS error saying why not."""
+        if self.store.bucket(op.bucket) is None:
+            return _no_bucket(op.bucket)
+        return self.store.object(op.bucket, op.key) or _no_key(op.key)
 
     # -- buckets -----------------------------------------------------------------------------
     async def _ListBuckets(self, request: web.BaseRequest, op: core.Operation, query: dict[str, str]) -> web.StreamResponse | OssError:
@@ -240,11 +246,9 @@ class OssHttp:
         return _xml(documents.copy_result(stored.etag, stored.last_modified), {"ETag": f'"{stored.etag.upper()}"'})
 
     async def _GetObject(self, request: web.BaseRequest, op: core.Operation, query: dict[str, str]) -> web.StreamResponse | OssError:
-        if self.store.bucket(op.bucket) is None:
-            return _no_bucket(op.bucket)
-        obj = self.store.object(op.bucket, op.key)
-        if obj is None:
-            return _no_key(op.key)
+        obj = self._existing(op)
+        if isinstance(obj, OssError):
+            return obj
         headers = _object_headers(obj)
         for name in ("content-type", "content-language", "cache-control", "content-encoding", "expires", "content-disposition"):
             if f"response-{name}" in query:
@@ -277,11 +281,9 @@ class OssHttp:
         return response
 
     async def _HeadObject(self, request: web.BaseRequest, op: core.Operation, query: dict[str, str]) -> web.StreamResponse | OssError:
-        if self.store.bucket(op.bucket) is None:
-            return _no_bucket(op.bucket)
-        obj = self.store.object(op.bucket, op.key)
-        if obj is None:
-            return _no_key(op.key)
+        obj = self._existing(op)
+        if isinstance(obj, OssError):
+            return obj
         headers = _object_headers(obj)
         headers["Content-Length"] = str(obj.size)
         return web.Response(status=200, headers=headers)

@@ -3,6 +3,9 @@
 Covers registration with ECS, applying pushed instance views (newest generation wins), and
 ``read()``: Alibaba's item paths and formats, the credential document (checked against the
 seed's sample), and hardened mode (metadata tokens). Time is explicit and advanced by hand.
+
+``http://100.100.100.200/...`` appears here only as a request path string handed to the pure
+core, as a forward proxy receives it; nothing dials it (tests/conftest.py refuses such sockets).
 """
 
 from __future__ import annotations
