@@ -99,6 +99,7 @@ class BusClient(Endpoint):
     def __init__(self, bus: Bus, node_id: str, clock: Clock, *, on_message: Callable[[Envelope], None] | None = None) -> None:
         super().__init__(bus, node_id, clock)
         self._waiting: dict[int, tuple[str, asyncio.Future[Message]]] = {}  # msg id -> (who was asked, answer)
+        self._echoes: dict[int, asyncio.Future[None]] = {}  # our own markers, on their way through the broker
         self._started_at = clock.now()
         self._on_message = on_message
         self.forged = 0  # direct messages dropped because their src was not the topic's sender
@@ -121,6 +122,21 @@ class BusClient(Endpoint):
         finally:
             self._waiting.pop(env.msg_id, None)
 
+    async def echo(self, *, timeout: float = 5.0) -> bool:
+        """Send a marker to ourselves through the broker and wait for it to come back: one hop,
+        queued behind everything the broker received for us before it. False on a timeout."""
+        env = self.envelope(self.node_id, Ping())
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._echoes[env.msg_id] = future
+        try:
+            await self.bus.publish(topics.inbox(self.node_id, self.node_id), codec.encode(env))
+            await asyncio.wait_for(future, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._echoes.pop(env.msg_id, None)
+
     async def _receive(self, topic: str, payload: bytes) -> None:
         try:
             env = codec.decode(payload)
@@ -136,7 +152,11 @@ class BusClient(Endpoint):
             return
         waiting = self._waiting.get(env.in_reply_to) if env.in_reply_to is not None else None
         future = waiting[1] if waiting is not None and waiting[0] == env.src else None  # only the node asked may answer
-        if isinstance(env.body, Ping):
+        if isinstance(env.body, Ping) and env.src == self.node_id and env.msg_id in self._echoes:
+            echo = self._echoes.pop(env.msg_id)
+            if not echo.done():
+                echo.set_result(None)
+        elif isinstance(env.body, Ping):
             await self.reply(env, PingOk(node=self.node_id, started_at=self._started_at))
         elif future is not None and not future.done():
             future.set_result(env.body)
@@ -149,7 +169,7 @@ class BusBarrier:
 
     A request that reaches a service by another road (HTTP) can overtake an event already on its
     way over the bus: the client saw RAM's reply to a policy change, so RAM's event was at the
-    broker before the client's next HTTP request was sent. A ping to ourselves through the broker
+    broker before the client's next HTTP request was sent. A marker sent to ourselves through the broker
     queues behind that event in our one ordered inbox; once its answer is back, the event has been
     handled. Concurrent waiters share a ping sent after they arrived, so under load the cost is
     one round trip per batch, not per request.
@@ -160,7 +180,7 @@ class BusBarrier:
         self.timeout = timeout
         self._arrivals = 0
         self._covers = 0
-        self._ping: asyncio.Future[Message] | None = None
+        self._ping: asyncio.Future[bool] | None = None
 
     async def wait(self) -> bool:
         """True once the bus has caught up; False if the ping timed out (the broker is away)."""
@@ -169,14 +189,14 @@ class BusBarrier:
         while True:
             ping = self._ping
             if ping is not None and self._covers >= me:
-                return isinstance(await asyncio.shield(ping), PingOk)
+                return await asyncio.shield(ping)
             if ping is None:
                 self._covers = self._arrivals
-                ping = self._ping = asyncio.ensure_future(self.client.request(self.client.node_id, Ping(), timeout=self.timeout))
+                ping = self._ping = asyncio.ensure_future(self.client.echo(timeout=self.timeout))
                 ping.add_done_callback(self._done)
             else:
                 await asyncio.shield(ping)  # sent before we arrived: wait it out, then join a newer one
 
-    def _done(self, ping: asyncio.Future[Message]) -> None:
+    def _done(self, ping: asyncio.Future[bool]) -> None:
         if self._ping is ping:
             self._ping = None
