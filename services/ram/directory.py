@@ -130,13 +130,8 @@ class Directory:
         user = self.user(name)
         if isinstance(user, Error):
             return user
-        if new_name and new_name != name:
-            problem = self.bad_name("User", new_name)
-            if problem:
-                return problem
-            if new_name in self.users:
-                return error("EntityAlreadyExists.User", "The user does already EXIST.", 409)
-        problem = self.too_long("NewDisplayName", display_name, 128) or self.too_long("NewComments", comments, MAX_COMMENTS)
+        problem = self._bad_rename("User", self.users, name, new_name) or \
+            self.too_long("NewDisplayName", display_name, 128) or self.too_long("NewComments", comments, MAX_COMMENTS)
         if problem:
             return problem
         updated = replace(user, user_name=new_name or name, display_name=display_name or user.display_name,
@@ -146,6 +141,13 @@ class Directory:
         self.users[updated.user_name] = updated
         self.changed()
         return updated
+
+    def _bad_rename(self, kind: Kind, table: dict, name: str, new_name: str) -> Error | None:
+        """Why ``name`` may not become ``new_name`` (checked before anything changes), or None."""
+        if not new_name or new_name == name:
+            return None
+        return self.bad_name(kind, new_name) or (
+            error(f"EntityAlreadyExists.{kind}", f"The {kind.lower()} does already EXIST.", 409) if new_name in table else None)
 
     def _rename(self, kind: Kind, old: str, new: str) -> None:
         table: dict = self.users if kind == "User" else self.groups
@@ -218,16 +220,11 @@ class Directory:
         group = self.group(name)
         if isinstance(group, Error):
             return group
-        if new_name and new_name != name:
-            problem = self.bad_name("Group", new_name)
-            if problem:
-                return problem
-            if new_name in self.groups:
-                return error("EntityAlreadyExists.Group", "The group does already EXIST.", 409)
-            self._rename("Group", name, new_name)
-        problem = self.too_long("NewComments", comments, MAX_COMMENTS)
+        problem = self._bad_rename("Group", self.groups, name, new_name) or self.too_long("NewComments", comments, MAX_COMMENTS)
         if problem:
             return problem
+        if new_name and new_name != name:
+            self._rename("Group", name, new_name)
         updated = replace(group, group_name=new_name or name, comments=comments or group.comments, update_date=iso(now))
         self.groups[updated.group_name] = updated
         self.changed()

@@ -257,3 +257,10 @@ def test_limits_are_configurable(core: RamCore, monkeypatch: pytest.MonkeyPatch)
     ok(core, m.AddUserToGroup(user_name="gina", group_name="g1"))
     assert code(core, m.AddUserToGroup(user_name="gina", group_name="g2")) == "LimitExceeded.User.Group"
     assert errors.no_permission().http_status == 403
+
+
+def test_a_refused_group_update_renames_nothing(core: RamCore) -> None:
+    ok(core, m.CreateGroup(group_name="ops"))
+    assert code(core, m.UpdateGroup(group_name="ops", new_group_name="ops2", new_comments="c" * 129)) == "InvalidParameter.NewComments.Length"
+    assert ok(core, m.GetGroup(group_name="ops")).group.group_name == "ops"
+    assert code(core, m.GetGroup(group_name="ops2")) == "EntityNotExist.Group"
