@@ -37,3 +37,7 @@ def decode(data: bytes) -> Envelope:
         raise ProtocolError(field, reason) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("$", f"not msgpack: {exc}") from None
+    except RecursionError:  # msgspec's depth limit (deeply nested arrays or maps, even in skipped fields)
+        raise ProtocolError("$", "nested too deeply") from None
+    except UnicodeDecodeError as exc:  # msgspec lets a string that is not UTF-8 through as this, not as a DecodeError
+        raise ProtocolError("$", f"a string is not UTF-8: {exc.reason}") from None

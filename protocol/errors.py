@@ -79,8 +79,11 @@ def internal_error() -> Error:
     return error("InternalError", "An internal error occurred.", 500)
 
 
+TIMEOUT = "ServiceUnavailable.Timeout"
+
+
 def timeout(dest: str) -> Error:
-    return error("ServiceUnavailable.Timeout", f"No reply from {dest} in time; the request may or may not have taken effect.", 503, definite=False)
+    return error(TIMEOUT, f"No reply from {dest} in time; the request may or may not have taken effect.", 503, definite=False)
 
 
 def malformed(field: str, reason: str) -> Error:

@@ -5,12 +5,14 @@ Layout (``ramsim/v1`` prefix)::
     ramsim/v1/node/<dest>/from/<src>               direct messages (commands, replies) from <src> to <dest>
     ramsim/v1/event/<service>/<EventName>          broadcast events
     ramsim/v1/host/<host>/instance/<instance>      ECS -> the metadata agent of <host>
+    ramsim/v1/deadletter/<node>                    what <node> dropped, and why (never the payload)
 
 The topics are shaped for broker ACLs (``services/cli/broker.py``): a node's broker identity
 is its node id, the broker lets it publish direct messages only under ``from/<its id>`` and
 read only its own inbox, so the ``from`` segment of a direct message is vouched for by the
 broker (:func:`sender`), unlike the envelope's self-declared ``src``. Per-host topics confine
-an agent to its own instances; per-service event topics let only that service announce.
+an agent to its own instances; per-service event topics let only that service announce; a
+node's dead-letter topic is written by that node alone.
 """
 
 from __future__ import annotations
@@ -70,6 +72,16 @@ def instance(host_id: str, instance_id: str) -> str:
 def host_instances(host_id: str = ANY) -> str:
     """Filter for every instance topic of one host (default: of every host)."""
     return f"{PREFIX}/host/{_segment_or_any(host_id)}/instance/+"
+
+
+def deadletter(node: str) -> str:
+    """Where ``node`` records each message it dropped (a :class:`~protocol.messages.common.DeadLetter`)."""
+    return f"{PREFIX}/deadletter/{_segment(node)}"
+
+
+def deadletters(node: str = ANY) -> str:
+    """Filter for the dead letters of ``node`` (default: of every node)."""
+    return f"{PREFIX}/deadletter/{_segment_or_any(node)}"
 
 
 def matches(topic_filter: str, topic: str) -> bool:

@@ -7,6 +7,12 @@ from typing import Literal
 from protocol.base import Message, Shape
 
 IdentityType = Literal["Account", "RAMUser", "AssumedRoleUser", "Service"]
+DropReason = Literal["malformed", "forged", "caller_refused", "core_failed", "unexpected_reply"]
+
+
+# The cloud services that act as themselves (ECS assumes roles and reads them as
+# ecs.aliyuncs.com; STS reads roles as sts.aliyuncs.com): the only Service principals there are.
+SERVICE_PRINCIPALS = frozenset({"ecs.aliyuncs.com", "sts.aliyuncs.com"})
 
 
 class Principal(Shape):
@@ -67,4 +73,27 @@ class AuthenticateOk(Message):
     valid_until: float = 0.0  # epoch seconds: the end of the key's day, or the session's expiry if sooner
 
 
-ALL = (Ping, PingOk, Authenticate, AuthenticateOk)
+class DeadLetter(Message):
+    """Event on ``topics.deadletter(node)``: ``node`` dropped a message it received on ``topic``.
+
+    ``reason``: ``malformed`` (did not decode; ``field`` and ``detail`` say where and why),
+    ``forged`` (the envelope's ``src`` is not the topic's sender), ``caller_refused`` (an API
+    command naming a caller its sender may not speak for), ``core_failed`` (the core raised on
+    it; the request was answered ``InternalError``), ``unexpected_reply`` (a reply to nothing
+    pending from that node: late, duplicated or from the wrong node). ``src`` is the envelope's
+    self-declared sender when readable, ``body`` its body type. The payload itself is never
+    carried (it may hold secrets): ``size`` and ``sha256`` identify it.
+    """
+
+    node: str
+    topic: str
+    reason: DropReason
+    size: int
+    sha256: str
+    field: str = ""
+    detail: str = ""
+    src: str = ""
+    body: str = ""
+
+
+ALL = (Ping, PingOk, Authenticate, AuthenticateOk, DeadLetter)

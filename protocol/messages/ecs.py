@@ -103,6 +103,7 @@ class InstanceView(Shape):
     ram_role_name: str = ""
     credentials: InstanceCredentials | None = None
     deleted: bool = False
+    endpoint_url: str = ""  # where the agent last served this view (a restarted agent listens there again)
 
 
 class MetadataEndpoint(Shape):

@@ -574,6 +574,30 @@ class GetEffectivePoliciesOk(Message):
     generation: int = 0
 
 
+class WatchDecisions(Message):
+    """From an enforcement point that decides locally with cached policies and is reached by
+    another road than the bus (OSS's HTTP): from now on RAM answers a change only after this
+    node acknowledged its event (:class:`EventApplied`), so the caller's next request to it is
+    decided with the change. Only the nodes RAM knows as such enforcement points may ask."""
+
+
+class WatchDecisionsOk(Message):
+    generation: int  # RAM's current generation: the watcher has applied everything up to it
+
+
+class EventApplied(Message):
+    """One-way, to RAM: the sender's cache reflects every change up to ``generation``."""
+
+    generation: int
+
+
+class WatchDropped(Message):
+    """One-way, from RAM: the watcher did not acknowledge in time and no longer watches; it must
+    not decide from its cache alone until it watches again."""
+
+    waited_for: int
+
+
 # -- events (published before the reply to the change, carrying the new generation) ---------
 class RoleCreated(Message):
     role: Role
@@ -709,4 +733,5 @@ EVENTS = (
     PolicyAttachedToUser, PolicyDetachedFromUser, PolicyAttachedToGroup, PolicyDetachedFromGroup,
     UserCreated, UserChanged, GroupMembershipChanged, GroupChanged, AccessKeyChanged,
 )
-ALL = (*COMMANDS, *REPLIES, Authorize, AuthorizeOk, GetEffectivePolicies, GetEffectivePoliciesOk, *EVENTS)
+ALL = (*COMMANDS, *REPLIES, Authorize, AuthorizeOk, GetEffectivePolicies, GetEffectivePoliciesOk,
+       WatchDecisions, WatchDecisionsOk, EventApplied, WatchDropped, *EVENTS)

@@ -1,10 +1,12 @@
 """I/O shell: the ``ramsim`` command line.
 
-    ramsim up        start a cluster (private Mosquitto + every service) and run until Ctrl-C
+    ramsim up        start (or resume) a cluster (private Mosquitto + every service, supervised) and run until Ctrl-C
     ramsim demo      walk the seed's nine steps (starts its own cluster if none is running)
     ramsim instances list instances and the URL of each one's metadata view
     ramsim metadata  read what an instance sees at http://100.100.100.200<path>
     ramsim app       run an application on an instance: OSS calls with its role's credentials, measured
+    ramsim check     check a recorded fault-run history (JSON lines) against the durability invariants
+    ramsim soak      random faults (kill -9, broker restarts, pauses) for minutes, then the invariant checker
     ramsim ram|ecs|sts <Action> --Param value ...   call an API, like Alibaba's aliyun CLI
 """
 
@@ -21,15 +23,19 @@ from typing import Sequence
 
 
 from services.cli import api, app, cluster, demo, up
+from services.faults import history as fault_history, invariants, soak
 from services.runtime import logs
 from services.gateway.core import PRODUCTS, VERSIONS
 
 EPILOG = """examples:
   ramsim up --instances 2 --time-scale 60
+  ramsim up --state-dir ~/ramsim            # again later: resumes that cluster; --reset starts a new one
   ramsim ram CreateRole --RoleName MyApplicationRole --AssumeRolePolicyDocument "$(cat trust.json)"
   ramsim ecs AttachInstanceRamRole --RegionId cn-hangzhou --RamRoleName MyApplicationRole --InstanceIds '["i-..."]'
   ramsim metadata i-... /latest/meta-data/ram/security-credentials/
   ramsim app i-... --rate 20 --duration 30
+  ramsim check run.jsonl --detach-bound 1 --grace 5
+  ramsim soak --minutes 10 --seed 7
 The cluster is found with --cluster-file, else $RAMSIM_CLUSTER, else .ramsim/cluster.json."""
 
 
@@ -38,15 +44,25 @@ def _parser() -> argparse.ArgumentParser:
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("up", help="start a cluster and run until Ctrl-C",
-                       description="Start a private Mosquitto on a free loopback port and every service (ram, sts, ecs, "
-                                   "gateway, one metadata agent per host) as its own process; wait until all answer; write "
-                                   "the cluster file; run until Ctrl-C or SIGTERM, then stop everything.")
+    p = sub.add_parser("up", help="start (or resume) a cluster and run until Ctrl-C",
+                       description="Start a private Mosquitto on a loopback port and every service (ram, sts, ecs, gateway, "
+                                   "oss, one metadata agent per host) as its own process; wait until all answer; write the "
+                                   "cluster file; run until Ctrl-C or SIGTERM, then stop everything. A process that exits "
+                                   "meanwhile is restarted (backoff 0.2 s doubling to 10 s); more than 5 exits of one "
+                                   "within 60 s is a crash loop that stops the cluster (exit status 1). A --state-dir a "
+                                   "previous `ramsim up` used is resumed: same account, root AccessKey, keys and (when "
+                                   "free) ports, from its keys.json (at a --time-scale no smaller than before: simulated time "
+                                   "never runs backwards); --reset starts a new cluster there instead.")
     _cluster_options(p)
     p.add_argument("--cluster-file", type=Path, default=None, help="where to write the cluster file (default <state-dir>/cluster.json)")
     p.add_argument("--instances", type=int, default=1, help="instances to launch at start, without a role (default 1)")
     p.add_argument("--hosts", type=int, default=1, help="simulated hosts, one metadata agent each (default 1)")
-    p.add_argument("--state-dir", type=Path, default=Path(cluster.DEFAULT_STATE_DIR), help="state, logs and generated config (default .ramsim)")
+    p.add_argument("--state-dir", type=Path, default=Path(cluster.DEFAULT_STATE_DIR),
+                   help="the cluster's state (keys.json with its secrets, 0600; each service's <node>.db; OSS objects), logs "
+                        "and generated config; one running cluster per directory (default .ramsim)")
+    p.add_argument("--reset", action="store_true",
+                   help="delete the previous cluster's state in --state-dir (keys.json, the services' databases, OSS "
+                        "objects; logs stay) and start a new cluster, with a new account")
     p.add_argument("--log-format", choices=("json", "console"), default="json", help="service log format (default json)")
 
     p = sub.add_parser("demo", help="walk the seed's nine steps, narrated",
@@ -68,6 +84,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-file", help="cluster file (default: $RAMSIM_CLUSTER or .ramsim/cluster.json)")
 
     app.add_parser(sub)
+    soak.add_parser(sub)
+
+    bounds = invariants.Bounds()
+    p = sub.add_parser("check", help="check a recorded history against the durability invariants",
+                       description="Check the history of a run (JSON lines, as services.faults.recorder.Recorder writes\n"
+                                   "it) against the invariants of the durability issue. Prints, per invariant, how many\n"
+                                   "records were checked, skipped (during a fault, not covered by probes) and violated,\n"
+                                   "then each violation with its evidence. Exit status 0 when nothing is violated, 1 on\n"
+                                   "any violation, 2 when the file cannot be read.",
+                       epilog="invariants:\n" + "\n".join(
+                           f"  {rule.__name__:28} {(rule.__doc__ or '').strip().splitlines()[0]}" for rule in invariants.INVARIANTS)
+                       + "\n\nA fault window on a node of a path (or on the instance's metadata agent) makes what\n"
+                         "happens from its start until --grace seconds after its end unhealthy for that path:\n"
+                         "the expiry checks (credential path) and detach checks (control path) skip it.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("history", metavar="HISTORY.jsonl", type=Path, help="the recorded history")
+    p.add_argument("--detach-bound", type=float, default=bounds.detach_bound, metavar="S",
+                   help=f"seconds after DetachInstanceRamRole returns by which the role must be gone (default {bounds.detach_bound:g})")
+    p.add_argument("--refresh-margin", type=float, default=bounds.refresh_margin, metavar="S",
+                   help=f"seconds before expiry by which a fresh credential must be served (default {bounds.refresh_margin:g})")
+    p.add_argument("--grace", type=float, default=bounds.grace, metavar="S",
+                   help=f"recovery seconds after a fault window ends before records count again (default {bounds.grace:g})")
+    p.add_argument("--credential-path", default=",".join(bounds.credential_path), metavar="NODES",
+                   help="nodes issuing a credential needs; their faults excuse the expiry checks (default %(default)s)")
+    p.add_argument("--control-path", default=",".join(bounds.control_path), metavar="NODES",
+                   help="nodes carrying a detach to an instance; their faults excuse the detach checks (default %(default)s)")
+    p.add_argument("--reply-path", default=",".join(bounds.reply_path), metavar="NODES",
+                   help="nodes holding a caller's connection; their faults excuse a missing reply (default %(default)s)")
+    p.add_argument("--output", choices=("table", "json"), default="table", help="report format (default table)")
 
     for product in sorted(VERSIONS):
         actions = sorted(next(cmds for _, (name, cmds) in PRODUCTS.items() if name == product))
@@ -164,12 +209,34 @@ def _metadata(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """``ramsim check``: 0 when every invariant holds, 1 on any violation, 2 when unreadable."""
+    try:
+        history = fault_history.decode_jsonl(args.history.read_bytes())
+    except (OSError, fault_history.HistoryError) as exc:
+        print(f"ramsim check: cannot read {args.history}: {exc}", file=sys.stderr)
+        return 2
+    nodes = lambda text: tuple(n.strip() for n in text.split(",") if n.strip())  # noqa: E731
+    bounds = invariants.Bounds(detach_bound=args.detach_bound, refresh_margin=args.refresh_margin, grace=args.grace,
+                               credential_path=nodes(args.credential_path), control_path=nodes(args.control_path),
+                               reply_path=nodes(args.reply_path))
+    report = invariants.check(history, bounds)
+    if args.output == "json":
+        import msgspec
+
+        print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
+    else:
+        print(f"{args.history}: {len(history)} records")
+        print(report.table())
+    return 0 if report.ok else 1
+
+
 def _options(args: argparse.Namespace, progress: bool) -> up.Options:
     return up.Options(state_dir=getattr(args, "state_dir", None) or Path(cluster.DEFAULT_STATE_DIR),
                       cluster_file=args.cluster_file, instances=getattr(args, "instances", 0),
                       hosts=getattr(args, "hosts", 1), time_scale=args.time_scale,
                       credential_lifetime=args.credential_lifetime, refresh_before=args.refresh_before,
-                      log_format=getattr(args, "log_format", "json"),
+                      log_format=getattr(args, "log_format", "json"), reset=getattr(args, "reset", False),
                       progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
 
 
@@ -191,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _metadata(args)
         if args.command == "app":
             return app.main(args)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "soak":
+            return soak.main(args)
         if args.command in VERSIONS:
             return _product(args, extra, parser)
     except (cluster.NoCluster, up.UpError) as exc:

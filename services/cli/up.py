@@ -1,14 +1,21 @@
-"""I/O shell: ``ramsim up``: a private Mosquitto and every service as its own process.
+"""I/O shell: ``ramsim up``: a private Mosquitto and every service as its own process, kept running.
 
 :func:`running_cluster` is an async context manager (used by ``ramsim up``, ``ramsim demo``
-and the end-to-end tests): it makes the cluster's broker identities (:mod:`services.cli.broker`:
-a random password for each service, each metadata agent, the operator and the observer) and
-writes Mosquitto's password, ACL and config files (loopback only, TCP_NODELAY, no anonymous
-access), starts the broker on a free port, starts ram, sts, ecs, the gateway, oss and one
-metadata agent per host (each given its own identity in ``RAMSIM_BROKER_URL``), waits until
-each answers a Ping on the bus (as the operator), optionally launches instances, writes the
-cluster file (with the operator's broker URL), and on exit stops everything it started
-(children also get SIGTERM if this process dies, so nothing is orphaned).
+and the end-to-end tests). It locks the state directory (one cluster per directory) and
+resumes the cluster that ran there before (:mod:`services.cli.keys`: the same account, root
+AccessKey, STS and state keys, broker passwords, time origin and, while still free, ports; the
+services read their own state back from ``<node>.db``), or makes a new one; ``--reset``
+deletes the previous one's state first. It makes the cluster's broker identities
+(:mod:`services.cli.broker`) and writes Mosquitto's password, ACL and config files (loopback
+only, TCP_NODELAY, no anonymous access), starts the broker, starts ram, sts, ecs, the gateway,
+oss and one metadata agent per host (each given its own identity in ``RAMSIM_BROKER_URL``),
+waits until each answers a Ping on the bus (as the operator), and from then on supervises
+them: a child that exits is started again with the same argv, environment and log, after a
+backoff, and a crash loop stops the cluster (:mod:`services.cli.supervision` decides). It
+optionally launches instances, writes the cluster file (with the operator's broker URL and
+every child's pid, rewritten when one is restarted), and on exit cancels the supervisor first
+(stopping is not crashing) and stops everything it started (children also get SIGTERM if this
+process dies, so nothing is orphaned).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -25,11 +34,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterator
 
-from protocol import ids
 from protocol.messages.common import Ping, PingOk
-from services.cli import api, broker, cluster
+from services.cli import api, broker, cluster, keys, supervision
 from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
@@ -39,6 +47,7 @@ INSTALL_HINT = ("Mosquitto (the MQTT broker) is not installed. Install it with\n
                 "  sudo apt-get install -y mosquitto      # Debian, Ubuntu\n"
                 "  brew install mosquitto                 # macOS\n"
                 "or point ramsim at it with RAMSIM_MOSQUITTO=/path/to/mosquitto.")
+LOCK_FILE = "up.lock"
 
 
 class UpError(Exception):
@@ -59,6 +68,8 @@ class Options:
     log_format: str = "json"
     log_level: str = "info"
     ready_timeout: float = 30.0
+    reset: bool = False  # delete the previous cluster's state in state_dir before starting (else it is resumed)
+    restart_policy: supervision.RestartPolicy = supervision.RestartPolicy()
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -82,6 +93,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now. SO_REUSEADDR, as Mosquitto and
+    aiohttp bind: a previous run's connections lingering in TIME_WAIT do not hold the port."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def mosquitto_conf(port: int, state_dir: Path, auth: broker.BrokerFiles | None = None) -> str:
     """The broker config ramsim writes. ``set_tcp_nodelay true`` is required (see DESIGN).
 
@@ -100,7 +123,12 @@ def mosquitto_conf(port: int, state_dir: Path, auth: broker.BrokerFiles | None =
         *access,
         "retain_available false",
         "set_tcp_nodelay true",
-        "persistence false",
+        # Sessions, subscriptions and queued QoS 1 messages survive a broker restart: saved at
+        # shutdown and at most a second apart while running (a kill -9 loses at most that second).
+        "persistence true",
+        f"persistence_location {state_dir}/",
+        "persistence_file mosquitto.db",
+        "autosave_interval 1",
         "max_queued_messages 100000",
         "max_inflight_messages 100",
         f"log_dest file {state_dir / 'logs' / 'mosquitto.log'}",
@@ -117,9 +145,19 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Process:
+    """One child of the cluster: its current process, and how to start it again (a restart
+    replaces ``proc`` in place, so holders of this object always see the live one)."""
+
     name: str
     proc: asyncio.subprocess.Process
     log: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # holds its secrets
+    started_at: float = 0.0  # time.monotonic() of the last start: a long run resets the backoff
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
 
 @dataclass
@@ -130,10 +168,18 @@ class Cluster:
     processes: list[Process]
     identities: broker.Identities
     broker_port: int
+    restarts: dict[str, int] = field(default_factory=dict)   # name -> times the supervisor started it again
+    resumed: bool = False                                    # a previous cluster's state dir, not a new cluster
+    supervisor: asyncio.Task[str] | None = None              # ends only on a crash loop, returning what to tell
+    announced: bool = False                                  # the cluster file is written (rewrite it on restarts)
 
     def broker_url(self, identity: str = broker.OPERATOR) -> str:
         """The broker URL (with its password) of one of the cluster's identities."""
         return self.identities.url(identity, "127.0.0.1", self.broker_port)
+
+    def process(self, name: str) -> Process:
+        """The child called ``name`` (``mosquitto``, ``sts``, ``metadata-host-1``, …)."""
+        return next(p for p in self.processes if p.name == name)
 
     @property
     def credential(self) -> api.Credential:
@@ -143,12 +189,36 @@ class Cluster:
         return api.call(self.file.gateway_url, product, action, params, credential or self.credential)
 
 
-async def _spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Process:
+async def _exec(argv: list[str], env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+        return await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
                                                     preexec_fn=_die_with_parent)
-    return Process(name, proc, log_path)
+
+
+async def _spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Process:
+    proc = await _exec(argv, env, log_path)
+    return Process(name, proc, log_path, argv, env, time.monotonic())
+
+
+async def _respawn(child: Process) -> None:
+    """Start ``child`` again exactly as it was first started (its log is appended to)."""
+    child.proc = await _exec(child.argv, child.env, child.log)
+    child.started_at = time.monotonic()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _tail(log: Path, lines: int = 5) -> str:
+    try:
+        return "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 async def _wait_port(port: int, deadline: float, broker: Process) -> None:
@@ -166,13 +236,13 @@ async def _wait_port(port: int, deadline: float, broker: Process) -> None:
 
 
 async def _wait_ready(client: BusClient, processes: list[Process], deadline: float) -> None:
-    """Ping every node until it answers; fail fast if one exits."""
+    """Ping every node until it answers; fail fast if one exits (before supervision starts, an
+    exit is a broken setup, not a crash to ride out)."""
     waiting = {p.name for p in processes if p.name != "mosquitto"}
     while waiting:
         for p in processes:
             if p.proc.returncode is not None:
-                tail = p.log.read_text(errors="replace").strip().splitlines()[-5:]
-                raise UpError(f"{p.name} exited with code {p.proc.returncode}; last lines of {p.log}:\n  " + "\n  ".join(tail))
+                raise UpError(f"{p.name} exited with code {p.proc.returncode}; last lines of {p.log}:\n  {_tail(p.log)}")
         answers = await asyncio.gather(*(client.request(name, Ping(), timeout=0.5) for name in sorted(waiting)))
         waiting -= {a.node for a in answers if isinstance(a, PingOk)}
         if waiting and time.monotonic() > deadline:
@@ -195,6 +265,118 @@ async def _stop(processes: list[Process], grace: float = 5.0) -> None:
             await p.proc.wait()
 
 
+# -- supervision ------------------------------------------------------------------------------
+
+async def _supervise(running: Cluster) -> str:
+    """Keep every child running (one watcher each) until one is in a crash loop; return what
+    to tell the user. Cancelled (before the ordered shutdown) to stop supervising."""
+    watchers = [asyncio.create_task(_watch(running, child), name=f"supervise:{child.name}") for child in running.processes]
+    try:
+        done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        return next(iter(done)).result()
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+
+async def _watch(running: Cluster, child: Process) -> str:
+    """Restart ``child`` whenever it exits, as the policy says; return when it gives up."""
+    say, policy, history = running.options.progress, running.options.restart_policy, supervision.History()
+    while True:
+        code = await child.proc.wait()
+        decision, history = supervision.on_exit(policy, history, started_at=child.started_at, exited_at=time.monotonic())
+        if isinstance(decision, supervision.GiveUp):
+            return (f"{child.name} {_exit_text(code)}: {decision.exits} exits within {decision.window:g} s is a crash loop, "
+                    f"so the cluster stops. Last lines of {child.log}:\n  {_tail(child.log)}")
+        say(f"{child.name} (pid {child.proc.pid}) {_exit_text(code)}; restarting it in {decision.delay:g} s "
+            f"(attempt {decision.attempt})")
+        await asyncio.sleep(decision.delay)
+        spawning = asyncio.ensure_future(_respawn(child))
+        try:
+            await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # Cancelled mid-spawn (the cluster is stopping): let the spawn finish so that the new
+            # process is in child.proc, where the ordered shutdown will stop it too.
+            with contextlib.suppress(Exception):
+                await spawning
+            raise
+        except OSError as exc:
+            say(f"cannot start {child.name} again: {exc}")
+            child.started_at = time.monotonic()  # its old, exited process stands in: the next wait() counts another exit
+            continue
+        running.restarts[child.name] = running.restarts.get(child.name, 0) + 1
+        running.file.services[child.name] = child.proc.pid
+        if running.announced:
+            try:
+                cluster.save(running.path, running.file)
+            except OSError as exc:  # a stale pid in the cluster file is no reason to stop supervising
+                say(f"cannot update the cluster file {running.path}: {exc}")
+        say(f"{child.name} restarted (pid {child.proc.pid}, restart {running.restarts[child.name]})")
+
+
+# -- state: resume or start afresh ------------------------------------------------------------
+
+@contextlib.contextmanager
+def _state_lock(state: Path) -> Iterator[None]:
+    """One cluster per state directory: an exclusive lock on ``<state>/up.lock`` while it runs
+    (released by the kernel if this process dies; the descriptor is not inherited by children),
+    so a second ``ramsim up`` (or ``--reset``) cannot pull the state from under a running one."""
+    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UpError(f"another `ramsim up` (pid {holder}) is running in {state}: stop it first, "
+                          "or give this one its own --state-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _cluster_keys(options: Options, state: Path) -> tuple[keys.Keys, bool]:
+    """The kept keys of the cluster in ``state`` (resumed: True), or a new cluster's."""
+    say = options.progress
+    if options.reset:
+        deleted = keys.reset(state)
+        say(f"--reset: deleted the previous cluster's state in {state} ({', '.join(deleted)})" if deleted
+            else f"--reset: no previous cluster state in {state}")
+    try:
+        kept = keys.load(state)
+    except keys.KeysError as exc:
+        raise UpError(str(exc)) from None
+    if kept is None:
+        leftovers = keys.service_databases(state)
+        if leftovers:
+            raise UpError(f"{state} holds service state ({', '.join(p.name for p in leftovers)}) but no {keys.FILE}: the "
+                          "secrets it was made under are lost. `ramsim up --reset` deletes it and starts a new cluster.")
+        return keys.generate(account_id=options.account_id, time_origin=time.time(), time_scale=options.time_scale,
+                             broker_port=free_port(), gateway_port=free_port(), oss_port=free_port()), False
+    problem = keys.resume_problem(kept, account_id=options.account_id, time_scale=options.time_scale)
+    if problem:
+        raise UpError(f"cannot resume the cluster in {state}: {problem}; or `ramsim up --reset` to start a new one there")
+    if options.time_scale > kept.time_scale:
+        say(f"time scale {kept.time_scale:g} -> {options.time_scale:g}: simulated time jumps ahead")
+        kept.time_scale = options.time_scale
+    for attr, what in (("broker_port", "broker"), ("gateway_port", "gateway"), ("oss_port", "oss")):
+        port = getattr(kept, attr)
+        if not port_free(port):
+            setattr(kept, attr, free_port())
+            say(f"the {what}'s previous port {port} is taken; it gets {getattr(kept, attr)}")
+    say(f"resuming the cluster in {state} (account {kept.account_id}); `ramsim up --reset` starts a new one")
+    return kept, True
+
+
+def _secret_variables() -> set[str]:
+    """``RAMSIM_*`` names of the secret settings: each child gets only the ones it needs."""
+    return {f"RAMSIM_{f.name.upper()}" for f in dataclasses.fields(Settings) if f.metadata.get("secret")}
+
+
+# -- the cluster ------------------------------------------------------------------------------
+
 @contextlib.asynccontextmanager
 async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     say = options.progress
@@ -202,64 +384,74 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     state = options.state_dir.resolve()
     (state / "logs").mkdir(parents=True, exist_ok=True)
     path = (options.cluster_file or state / "cluster.json").resolve()
-    port, gateway_port, oss_port = free_port(), free_port(), free_port()
     hosts = [f"host-{i}" for i in range(1, options.hosts + 1)]
-    identities = broker.Identities.generate(hosts)
-    conf = state / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(port, state, broker.write_files(state, identities)))
-    origin = time.time()
-    settings = Settings(
-        broker_url=f"mqtt://127.0.0.1:{port}", state_dir=str(state), time_scale=options.time_scale, time_origin=origin,
-        log_format=options.log_format, log_level=options.log_level,
-        account_id=options.account_id or ids.numeric_id(os.urandom(8), 16), region_id=options.region_id,
-        zone_id=f"{options.region_id}-i", credential_lifetime=options.credential_lifetime,
-        refresh_before=options.refresh_before)
-    root_id, root_secret = ids.access_key_id(os.urandom(20)), ids.secret(os.urandom(30))
-    base_env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
-    base_env.pop("RAMSIM_ROOT_ACCESS_KEY_SECRET", None)
-    processes: list[Process] = []
-    try:
-        say(f"starting mosquitto on 127.0.0.1:{port}")
-        processes.append(await _spawn("mosquitto", [mosquitto, "-c", str(conf)], base_env, state / "logs" / "mosquitto.out"))
-        deadline = time.monotonic() + options.ready_timeout
-        await _wait_port(port, deadline, processes[0])
-        py = sys.executable
-        plan = [("ram", {"RAMSIM_ROOT_ACCESS_KEY_ID": root_id, "RAMSIM_ROOT_ACCESS_KEY_SECRET": root_secret}),
-                ("sts", {"RAMSIM_STS_SIGNING_KEY": os.urandom(32).hex()}), ("ecs", {}), ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}),
-                ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
-        plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
-                 for host in hosts]
-        for name, extra in plan:
-            module = name.split("-")[0]
-            env = {**base_env, **extra, "RAMSIM_BROKER_URL": identities.url(name, "127.0.0.1", port)}  # node id = identity
-            processes.append(await _spawn(name, [py, "-m", f"services.{module}"], env, state / "logs" / f"{name}.log"))
-        say(f"started {', '.join(n for n, _ in plan)}; waiting until each answers on the bus")
-        operator_url = identities.url(broker.OPERATOR, "127.0.0.1", port)
-        bus = await MqttBus.connect(operator_url, client_id=f"ramsim-up-{os.getpid()}", persistent=False)
+    with _state_lock(state):
+        kept, resumed = _cluster_keys(options, state)
+        port, gateway_port, oss_port = kept.broker_port, kept.gateway_port, kept.oss_port
+        identities = keys.identities(kept, hosts)
+        keys.save(state, kept)  # before any service writes state under these keys
+        conf = state / "mosquitto.conf"
+        conf.write_text(mosquitto_conf(port, state, broker.write_files(state, identities)))
+        settings = Settings(
+            broker_url=f"mqtt://127.0.0.1:{port}", state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin,
+            log_format=options.log_format, log_level=options.log_level, account_id=kept.account_id, region_id=options.region_id,
+            zone_id=f"{options.region_id}-i", credential_lifetime=options.credential_lifetime,
+            refresh_before=options.refresh_before)
+        base_env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
+        for name in _secret_variables():
+            base_env.pop(name, None)
+        processes: list[Process] = []
+        running: Cluster | None = None
         try:
-            client = await BusClient(bus, broker.OPERATOR, ScaledClock(options.time_scale, origin)).start()
-            await _wait_ready(client, processes, deadline)
+            say(f"starting mosquitto on 127.0.0.1:{port}")
+            processes.append(await _spawn("mosquitto", [mosquitto, "-c", str(conf)], base_env, state / "logs" / "mosquitto.out"))
+            deadline = time.monotonic() + options.ready_timeout
+            await _wait_port(port, deadline, processes[0])
+            py = sys.executable
+            plan = [("ram", {"RAMSIM_ROOT_ACCESS_KEY_ID": kept.root_access_key_id,
+                             "RAMSIM_ROOT_ACCESS_KEY_SECRET": kept.root_access_key_secret}),
+                    ("sts", {"RAMSIM_STS_SIGNING_KEY": kept.sts_signing_key}), ("ecs", {}),
+                    ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
+            plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
+                     for host in hosts]
+            for name, extra in plan:
+                module = name.split("-")[0]
+                env = {**base_env, **extra, "RAMSIM_STATE_KEY": kept.state_key,  # every service seals its secrets at rest
+                       "RAMSIM_BROKER_URL": identities.url(name, "127.0.0.1", port)}  # node id = identity
+                processes.append(await _spawn(name, [py, "-m", f"services.{module}"], env, state / "logs" / f"{name}.log"))
+            say(f"started {', '.join(n for n, _ in plan)}; waiting until each answers on the bus")
+            operator_url = identities.url(broker.OPERATOR, "127.0.0.1", port)
+            bus = await MqttBus.connect(operator_url, client_id=f"ramsim-up-{os.getpid()}", persistent=False)
+            try:
+                client = await BusClient(bus, broker.OPERATOR, ScaledClock(kept.time_scale, kept.time_origin)).start()
+                await _wait_ready(client, processes, deadline)
+            finally:
+                await bus.close()
+            file = cluster.ClusterFile(
+                broker_url=operator_url, gateway_url=f"http://127.0.0.1:{gateway_port}", account_id=kept.account_id,
+                oss_url=f"http://127.0.0.1:{oss_port}",
+                region_id=settings.region_id, access_key_id=kept.root_access_key_id, access_key_secret=kept.root_access_key_secret,
+                state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin, pid=os.getpid(),
+                services={p.name: p.proc.pid for p in processes})
+            running = Cluster(options, file, path, processes, identities, port, resumed=resumed)
+            running.supervisor = asyncio.create_task(_supervise(running), name="ramsim-up:supervisor")
+            if options.instances:
+                say(f"launching {options.instances} instance(s)")
+                await asyncio.to_thread(launch_instances, running, options.instances, deadline)
+            cluster.save(path, file)
+            running.announced = True
+            say(f"cluster ready; cluster file {path}")
+            yield running
         finally:
-            await bus.close()
-        file = cluster.ClusterFile(
-            broker_url=operator_url, gateway_url=f"http://127.0.0.1:{gateway_port}", account_id=settings.account_id,
-            oss_url=f"http://127.0.0.1:{oss_port}",
-            region_id=settings.region_id, access_key_id=root_id, access_key_secret=root_secret, state_dir=str(state),
-            time_scale=options.time_scale, time_origin=origin, pid=os.getpid(),
-            services={p.name: p.proc.pid for p in processes})
-        running = Cluster(options, file, path, processes, identities, port)
-        if options.instances:
-            say(f"launching {options.instances} instance(s)")
-            await asyncio.to_thread(launch_instances, running, options.instances, deadline)
-        cluster.save(path, file)
-        say(f"cluster ready; cluster file {path}")
-        yield running
-    finally:
-        say("stopping the cluster")
-        await _stop(processes)
-        with contextlib.suppress(FileNotFoundError):
-            if path.exists() and cluster.load(path).pid == os.getpid():
-                path.unlink()
+            if running is not None and running.supervisor is not None:
+                running.supervisor.cancel()  # first: the exits of the shutdown are not crashes
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await running.supervisor
+            say("stopping the cluster")
+            await _stop(processes)
+            with contextlib.suppress(FileNotFoundError):
+                if path.exists() and cluster.load(path).pid == os.getpid():
+                    path.unlink()
 
 
 def launch_instances(running: Cluster, count: int, deadline: float) -> list[str]:
@@ -282,24 +474,48 @@ def wait_running(running: Cluster, instance_ids: list[str], deadline: float) -> 
 
 
 async def up(options: Options) -> int:
-    """``ramsim up``: run until Ctrl-C / SIGTERM, or until a service dies."""
+    """``ramsim up``: run until Ctrl-C / SIGTERM (0), or until a child is in a crash loop (1).
+
+    A child that exits is restarted by the supervisor; that alone never stops the cluster.
+    Ctrl-C or SIGTERM while the cluster is still starting cancels the start, which stops
+    whatever had started (130)."""
     stop = asyncio.Event()
+    starting = asyncio.current_task()
+    ready = interrupted = False
+
+    def on_signal() -> None:
+        nonlocal interrupted
+        if not ready and not interrupted and starting is not None:
+            interrupted = True
+            starting.cancel()  # once: a second Ctrl-C must not cut the stopping short
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_cluster(options) as running:
-        f = running.file
-        print(f"ramsim cluster up: account {f.account_id}, region {f.region_id}\n"
-              f"  broker   {broker.without_password(f.broker_url)} (password in the cluster file)\n"
-              f"  gateway  {f.gateway_url}\n  oss      {f.oss_url}\n  cluster  {running.path}\n"
-              f"  logs     {Path(f.state_dir) / 'logs'}\n"
-              f"Try: ramsim instances   |   ramsim demo   |   ramsim ecs DescribeInstances --RegionId {f.region_id}\n"
-              "Ctrl-C stops everything.", flush=True)
-        waits = [asyncio.create_task(stop.wait())] + [asyncio.create_task(p.proc.wait()) for p in running.processes]
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        dead = [p for p in running.processes if p.proc.returncode is not None]
-        for p in dead:
-            print(f"{p.name} exited with code {p.proc.returncode}; see {p.log}. Stopping the cluster.", file=sys.stderr)
-        return 1 if dead else 0
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with running_cluster(options) as running:
+            ready = True
+            f = running.file
+            print(f"ramsim cluster up{' (resumed)' if running.resumed else ''}: account {f.account_id}, region {f.region_id}\n"
+                  f"  broker   {broker.without_password(f.broker_url)} (password in the cluster file)\n"
+                  f"  gateway  {f.gateway_url}\n  oss      {f.oss_url}\n  cluster  {running.path}\n"
+                  f"  state    {f.state_dir} (kept: the next `ramsim up --state-dir` there resumes this cluster)\n"
+                  f"  logs     {Path(f.state_dir) / 'logs'}\n"
+                  f"Try: ramsim instances   |   ramsim demo   |   ramsim ecs DescribeInstances --RegionId {f.region_id}\n"
+                  "Ctrl-C stops everything.", flush=True)
+            assert running.supervisor is not None
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopping, running.supervisor}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if running.supervisor.done():
+                failure = running.supervisor.exception() or running.supervisor.result()
+                print(f"ramsim: {failure}", file=sys.stderr, flush=True)
+                return 1
+            return 0
+    except asyncio.CancelledError:
+        if not interrupted or starting is None:
+            raise
+        starting.uncancel()
+        print("ramsim: interrupted while starting; stopped what had started", file=sys.stderr, flush=True)
+        return 130

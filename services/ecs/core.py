@@ -6,7 +6,12 @@ instance (at RunInstances or later with AttachInstanceRamRole) is checked first 
 needs ``ram:PassRole`` on it; it must trust ``ecs.aliyuncs.com``), then ECS assumes it from STS
 as the ECS service principal and pushes the credential. Each credential is refreshed as a
 timed event ``refresh_before`` seconds before it expires; the old one stays valid until its own
-expiry. Detach removes the role from the view at once.
+expiry; a failed AssumeRole is retried with exponential backoff and jitter (:func:`retry_delay`)
+while the old credential keeps serving. Detach removes the role from the view at once.
+
+Durable: the instances (with their role bindings, credentials and refresh schedule) and the
+hosts are rows for the service's store. After a restart every refresh that is overdue, or was
+in flight when the process died, runs at once, spread over a short window (not a stampede).
 
 Instance states (only these transitions exist)::
 
@@ -19,6 +24,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable
 
+import msgspec
 from msgspec.structs import replace
 
 from protocol import errors, ids, topics
@@ -34,7 +40,8 @@ from services.runtime.effects import Effect, Log, Publish, Reply, Request, dispa
 NAME = "ecs"
 SERVICE_PRINCIPAL = "ecs.aliyuncs.com"
 MAX_INSTANCE_IDS = 100
-RETRY_AFTER = 30.0  # simulated seconds between attempts when STS fails
+RETRY_FIRST, RETRY_CAP = 2.0, 60.0  # simulated seconds: the first retry after an STS failure, the longest wait
+RESTART_SPREAD = 0.01  # simulated seconds per overdue refresh after a restart (capped at refresh_before / 4)
 MAX_USER_DATA = 32 * 1024
 MAX_ATTACH_POLICY = 1024  # AttachInstanceRamRole's Policy, as Alibaba documents it
 
@@ -45,6 +52,15 @@ def _metadata_options(http_tokens: str, http_endpoint: str) -> Error | None:
     if http_endpoint not in ("enabled", "disabled"):
         return error("InvalidHttpEndpoint.NotSupported", "The specified HttpEndpoint is not supported; use enabled or disabled.")
     return None
+
+
+def retry_delay(failures: int, refresh_before: float, jitter: float) -> float:
+    """Seconds until attempt ``failures + 1``: doubling from :data:`RETRY_FIRST`, capped at
+    :data:`RETRY_CAP` and at a tenth of ``refresh_before`` (so several attempts fit before the
+    old credential expires), times a jitter factor in [0.5, 1) so instances that failed
+    together do not retry together."""
+    base = min(RETRY_FIRST * 2 ** max(0, failures - 1), RETRY_CAP, max(refresh_before / 10, 0.1))
+    return base * (0.5 + jitter / 2)
 
 
 def _uuid(entropy: bytes) -> str:
@@ -69,6 +85,14 @@ class InstanceRecord:
     credentials: m.InstanceCredentials | None = None
     due_at: float | None = None  # when to (re)fetch credentials; None while a fetch is in flight
     endpoint_url: str = ""
+    failures: int = 0            # AssumeRole failures in a row (for the backoff)
+
+
+class EcsMeta(msgspec.Struct, frozen=True):
+    hosts: list[str]
+    next_host: int
+    vpc_id: str
+    vswitch_id: str
 
 
 @dataclass
@@ -98,6 +122,11 @@ class Fetch:
 
 class EcsCore:
     node_id = NAME
+    ROWS: dict[str, type] = {"instances": InstanceRecord, "meta": EcsMeta}
+    SEALED = frozenset({"instances"})  # they hold STS credentials
+    READ_ONLY = frozenset({m.DescribeInstances, m.DescribeInstanceRamRole, m.DescribeInstanceMetadataEndpoints,
+                           *(t for t in ram.__dict__.values()  # RAM's events only drop cached decisions
+                             if isinstance(t, type) and issubclass(t, msgspec.Struct) and "generation" in t.__struct_fields__)})
 
     def __init__(self, *, account_id: str, region_id: str, zone_id: str, credential_lifetime: int,
                  refresh_before: int, entropy: Callable[[int], bytes]) -> None:
@@ -154,6 +183,29 @@ class EcsCore:
     def next_deadline(self) -> float | None:
         return min((r.due_at for r in self.instances.values() if r.due_at is not None and r.role_name), default=None)
 
+    # -- durable state --------------------------------------------------------------------
+    def dump(self) -> dict[str, dict[str, object]]:
+        return {"instances": dict(self.instances),
+                "meta": {"ecs": EcsMeta(list(self.hosts), self._next_host, self.vpc_id, self.vswitch_id)}}
+
+    def load(self, rows: dict[str, dict], now: float) -> list[Effect]:
+        """Restore instances and hosts; schedule what is overdue (or was in flight) at once, spread."""
+        meta = rows.get("meta", {}).get("ecs")
+        if meta is not None:
+            self.hosts, self._next_host, self.vpc_id, self.vswitch_id = list(meta.hosts), meta.next_host, meta.vpc_id, meta.vswitch_id
+        self.instances.update(rows.get("instances", {}))
+        overdue = [r for r in self.instances.values()
+                   if r.role_name and (r.due_at is None or r.due_at <= now or r.credentials is None)]
+        window = min(self.refresh_before / 4, RESTART_SPREAD * len(overdue))
+        for record in overdue:
+            record.due_at = now + window * self._jitter()
+        return [Log("instances_restored", "info", {"instances": len(self.instances), "overdue": len(overdue),
+                                                   "spread_seconds": round(window, 3)})]
+
+    def _jitter(self) -> float:
+        """A number in [0, 1) from the entropy the shell handed us."""
+        return int.from_bytes(self._entropy(2), "big") / 65536
+
     # -- metadata hosts -------------------------------------------------------------------
     def _register_host(self, msg: Envelope, now: float) -> list[Effect]:
         body = msg.body
@@ -187,7 +239,7 @@ class EcsCore:
             region_id=i.region_id, zone_id=i.zone_id, host_name=i.host_name, instance_type=i.instance_type,
             image_id=i.image_id, serial_number=r.serial_number, network=r.network, http_tokens=r.http_tokens,
             http_endpoint=r.http_endpoint, user_data=r.user_data,
-            ram_role_name=r.role_name if serving else "", credentials=r.credentials)
+            ram_role_name=r.role_name if serving else "", credentials=r.credentials, endpoint_url=r.endpoint_url)
 
     def _push(self, record: InstanceRecord) -> Effect:
         record.generation += 1
@@ -434,7 +486,7 @@ class EcsCore:
         failed = sum(1 for r in results if not r.success)
         reply = m.DetachInstanceRamRoleOk(total_count=len(results), fail_count=failed, ram_role_name=body.ram_role_name,
                                           detach_instance_ram_role_results=m.DetachResults(detach_instance_ram_role_result=results))
-        return [Reply(msg, reply), *effects]
+        return [*effects, Reply(msg, reply)]  # the hosts hear of it before the caller does
 
     # -- credentials ----------------------------------------------------------------------
     def _fetch(self, record: InstanceRecord, op: AttachOp | None) -> list[Effect]:
@@ -460,6 +512,7 @@ class EcsCore:
                                                        security_token=c.security_token, expiration=expires_at, last_updated=now)
             refresh_at = expires_at - self.refresh_before
             record.due_at = refresh_at if refresh_at > now else now + (expires_at - now) / 2
+            record.failures = 0
             effects.append(self._push(record))
             if first:
                 effects.append(Publish(topics.event(NAME, "RoleAttachedToInstance"),
@@ -470,8 +523,10 @@ class EcsCore:
             ok = True
         else:
             reason = body.message if isinstance(body, Error) else type(body).__name__
-            record.due_at = now + RETRY_AFTER
-            effects.append(Log("credential_fetch_failed", "warning", {"instance_id": fetch.instance_id, "reason": reason}))
+            record.failures += 1
+            record.due_at = now + retry_delay(record.failures, self.refresh_before, self._jitter())
+            effects.append(Log("credential_fetch_failed", "warning", {"instance_id": fetch.instance_id, "reason": reason,
+                                                                      "failures": record.failures, "retry_at": record.due_at}))
             if fetch.op is not None:  # a failed first issue undoes the attachment
                 record.role_name = record.role_arn = record.session_policy = ""
                 record.attachment += 1

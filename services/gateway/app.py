@@ -13,6 +13,8 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from protocol import errors
+from protocol.base import Message
 from protocol.errors import Error
 from protocol.messages.common import AuthenticateOk
 from services.gateway import core
@@ -24,7 +26,21 @@ from services.runtime.settings import Settings
 
 NAME = "gateway"
 MAX_BODY = 64 * 1024
+ATTEMPTS = 3  # for idempotent requests that time out (core.idempotent)
 log = structlog.get_logger(NAME)
+
+
+async def ask(client: BusClient, dest: str, body: Message, settings: Settings, trace_id: str) -> Message:
+    """Ask ``dest``; an idempotent request that timed out is asked again (a few times, backing off).
+    Anything else that timed out is answered with the indefinite timeout error, as it came."""
+    attempts = ATTEMPTS if core.idempotent(body) else 1
+    for attempt in range(1, attempts + 1):
+        reply = await client.request(dest, body, timeout=settings.request_timeout, trace_id=trace_id)
+        if not (isinstance(reply, Error) and reply.code == errors.TIMEOUT) or attempt == attempts:
+            return reply
+        log.warning("request_retried", dest=dest, action=type(body).__name__, attempt=attempt + 1)
+        await asyncio.sleep(0.1 * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def make_app(client: BusClient, settings: Settings) -> web.Application:
@@ -43,8 +59,7 @@ def make_app(client: BusClient, settings: Settings) -> web.Application:
         if isinstance(parsed, Error):
             return respond(parsed, request_id, product)
         trace_id = request_id.replace("-", "")[:16].lower()
-        who = await client.request(core.verifier(parsed.credential.access_key_id), parsed.credential,
-                                   timeout=settings.request_timeout, trace_id=trace_id)
+        who = await ask(client, core.verifier(parsed.credential.access_key_id), parsed.credential, settings, trace_id)
         if not isinstance(who, AuthenticateOk):
             log.info("request_unauthenticated", code=who.code if isinstance(who, Error) else type(who).__name__,
                      access_key_id=parsed.credential.access_key_id)
@@ -53,7 +68,7 @@ def make_app(client: BusClient, settings: Settings) -> web.Application:
             return respond(parsed.command, request_id, product)
         observed = {"acs:SourceIp": request.remote or "", "acs:SecureTransport": "true" if request.secure else "false"}
         command = msgspec.structs.replace(parsed.command, caller=who.principal, request_context=observed)  # type: ignore[type-var]
-        reply = await client.request(parsed.product, command, timeout=settings.request_timeout, trace_id=trace_id)
+        reply = await ask(client, parsed.product, command, settings, trace_id)
         log.info("request_served", action=type(command).__name__, principal=who.principal.arn,
                  outcome=reply.code if isinstance(reply, Error) else "ok")
         return respond(reply, request_id, product)

@@ -163,6 +163,17 @@ class Gateway:
         return Call(name, command, credential)
 
 
+READ_PREFIXES = ("Get", "List", "Describe", "Simulate")
+
+
+def idempotent(command: object) -> bool:
+    """May the gateway ask again after a timeout? Only when asking twice cannot do twice: reads
+    and authentication. A write that timed out stays an indefinite error (it may or may not have
+    taken effect); the caller decides, never the gateway."""
+    name = type(command).__name__
+    return name == "Authenticate" or name.startswith(READ_PREFIXES)
+
+
 def verifier(access_key_id: str) -> str:
     """Who holds the secret of this AccessKeyId."""
     return "sts" if access_key_id.startswith("STS.") else "ram"

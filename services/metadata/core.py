@@ -3,7 +3,8 @@
 It keeps the newest :class:`InstanceView` of every instance ECS placed on the host (views
 arrive as bus events, never by restart) and answers metadata reads from them with
 :func:`MetadataCore.read`. On start it registers with ECS and receives every view it should
-hold, so a restarted agent serves the right credentials before anything else.
+hold, so a restarted agent serves the right credentials before anything else; after the bus
+reconnects (a partition, a broker restart) it registers again to catch up on what it missed.
 
 HTTP rules (Alibaba's, see ``../shared/reference/alibaba.md`` section 2): scalar items and the
 role listing have no trailing newline; the ``ram`` path segment matches case-insensitively;
@@ -69,6 +70,14 @@ class MetadataCore:
     def next_deadline(self) -> float | None:
         return None
 
+    def on_reconnect(self, now: float) -> list[Effect]:
+        """Back from a partition (or a broker restart): views may have been missed; ask ECS for
+        all of them again. The current views keep serving meanwhile (they are still valid)."""
+        if self._registering:
+            return []
+        self._registering = True
+        return [Log("host_resync", "info", {}), Request("ecs", m.RegisterHost(host_id=self.host_id), "register")]
+
     def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
         self._registering = False
         if isinstance(body, m.RegisterHostOk):
@@ -84,6 +93,8 @@ class MetadataCore:
         body = msg.body
         assert isinstance(body, m.InstanceChanged)
         view = body.view
+        if msg.src != "ecs":  # views carry credentials: only ECS hands them out (on the host topic, or its own direct message)
+            return [Log("view_not_from_ecs", "warning", {"src": msg.src, "instance_id": view.instance_id})]
         if view.host_id != self.host_id:
             return [Log("view_for_other_host", "warning", {"instance_id": view.instance_id, "host_id": view.host_id})]
         applied = self._apply(view)

@@ -80,6 +80,12 @@ class Listeners:
             log.warning("proxy_forward_failed", host=request.host, error=str(exc))
             return web.Response(status=502, text=f"Bad Gateway: {exc}")
 
+    def _previous_port(self, instance_id: str) -> int:
+        """The port this instance's view was served on before (a restart keeps URLs stable), or 0."""
+        view = self.core.views.get(instance_id)
+        url = URL(view.endpoint_url) if view is not None and view.endpoint_url else None
+        return (url.port or 0) if url is not None and url.host == self.host else 0
+
     async def _open(self, instance_id: str) -> None:
         async def handler(request: web.BaseRequest) -> web.Response:
             if request.method == "CONNECT":
@@ -91,8 +97,12 @@ class Listeners:
 
         runner = web.ServerRunner(web.Server(handler), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, 0)
-        await site.start()
+        site = web.TCPSite(runner, self.host, self._previous_port(instance_id))
+        try:
+            await site.start()
+        except OSError:  # taken since: any free port (ECS learns the new URL below)
+            site = web.TCPSite(runner, self.host, 0)
+            await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._runners[instance_id] = runner
         self.urls[instance_id] = f"http://{self.host}:{port}"

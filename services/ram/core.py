@@ -6,11 +6,21 @@ Told the time, handed entropy; no I/O. RAM's own API is enforced as ``ram:<Actio
 entity's ARN. Every change that can alter a decision publishes a past-tense event carrying the
 directory's new ``generation``, *before* the reply to the change: an enforcement point that
 caches effective policies has dropped its cache by the time the caller can make its next call.
+
+That ordering holds for enforcement points the caller reaches over the bus (ECS: the broker
+delivers RAM's event before the caller's next command). One reached by another road (OSS, over
+HTTP) registers as a *watcher* (:class:`~protocol.messages.ram.WatchDecisions`): RAM then
+holds the reply to each change until every watcher acknowledged its event
+(:class:`~protocol.messages.ram.EventApplied`), so the cost of "the next request sees the
+change" falls on the rare change, not on every request. A watcher that does not acknowledge
+within ``ack_timeout`` is dropped (and told so: it must not decide locally until it watches
+again) and the held replies go out.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Callable
 
 from msgspec.structs import replace
@@ -22,12 +32,19 @@ from protocol.errors import Error, error
 from protocol.messages import common, ram as m
 from protocol.times import iso
 from services.ram import explain, policy
+from services.ram import directory
 from services.ram.directory import Directory, KeyRecord, Kind
 from services.runtime import signing
-from services.runtime.effects import Effect, Log, Publish, Reply, dispatch
+from services.runtime.effects import Effect, Log, Publish, Reply, Send, dispatch
 
 NAME = "ram"
+WATCHERS = frozenset({"oss"})  # the nodes that may watch decisions (enforcement points reached over HTTP)
 Result = Message | Error | tuple[Message, Message]  # a reply, an error, or (event, reply)
+
+
+def _service(principal: common.Principal) -> bool:
+    """One of the cloud's own services acting as itself (it acts for the account)."""
+    return principal.identity_type == "Service" and principal.arn in common.SERVICE_PRINCIPALS
 
 
 def page(items: list, marker: str, max_items: int) -> tuple[list, bool, str]:
@@ -39,12 +56,28 @@ def page(items: list, marker: str, max_items: int) -> tuple[list, bool, str]:
     return chunk, more, str(start + size) if more else ""
 
 
+@dataclass
+class Held:
+    """A reply to a change, waiting until every watcher has applied ``generation``."""
+
+    generation: int
+    reply: Reply
+    deadline: float
+
+
 class RamCore:
     node_id = NAME
+    ROWS = {**directory.ROWS, "watchers": int}
+    SEALED = directory.SEALED
+    READ_ONLY = frozenset({common.Authenticate, m.Authorize, m.GetEffectivePolicies, m.SimulatePrincipalPolicy,
+                           *(t for t in m.__dict__.values() if isinstance(t, type) and t.__name__.startswith(("Get", "List")))})
 
     def __init__(self, *, account_id: str, root_access_key_id: str, root_access_key_secret: str,
-                 entropy: Callable[[int], bytes], now: float) -> None:
+                 entropy: Callable[[int], bytes], now: float, ack_timeout: float = 1.0) -> None:
         self.account_id = account_id
+        self.ack_timeout = ack_timeout
+        self.watchers: dict[str, int] = {}  # node -> the generation it has applied
+        self._held: list[Held] = []
         self.dir = Directory(account_id, entropy)
         if root_access_key_id:
             root_key = m.AccessKey(access_key_id=root_access_key_id, status="Active", create_date=iso(now))
@@ -56,6 +89,8 @@ class RamCore:
             common.Authenticate: self._authenticate,
             m.Authorize: self._authorize,
             m.GetEffectivePolicies: self._effective_policies,
+            m.WatchDecisions: self._watch,
+            m.EventApplied: self._applied,
             **{kind: self._api(handler) for kind, handler in self._handlers().items()},
         }
 
@@ -70,10 +105,20 @@ class RamCore:
         return []
 
     def on_timer(self, now: float) -> list[Effect]:
-        return []
+        return self._release(now)
 
     def next_deadline(self) -> float | None:
-        return None
+        return min((h.deadline for h in self._held), default=None)
+
+    # -- durable state (Durable: the driver persists the directory's rows) ----------------------
+    def dump(self) -> dict[str, dict[str, object]]:
+        return {**self.dir.dump(), "watchers": dict(self.watchers)}
+
+    def load(self, rows: dict[str, dict], now: float) -> list[Effect]:
+        self.dir.load(rows)
+        self.watchers = dict(rows.get("watchers", {}))
+        return [Log("directory_restored", "info", {"users": len(self.dir.users), "roles": len(self.dir.roles),
+                                                   "generation": self.dir.generation})]
 
     # -- identities -----------------------------------------------------------------------
     def root(self) -> common.Principal:
@@ -106,7 +151,7 @@ class RamCore:
         """May ``principal`` do ``check``? Unknown or foreign principals are denied, never an error."""
         if principal.account_id != self.account_id:
             return m.Decision(allowed=False, reason="the principal belongs to another account")
-        if principal.identity_type in ("Account", "Service"):
+        if principal.identity_type == "Account" or _service(principal):
             return m.Decision(allowed=True, reason=f"{principal.arn} is the account owner", decision="Allow")
         holder = self._holder(principal)
         if isinstance(holder, Error):
@@ -142,12 +187,56 @@ class RamCore:
         body = msg.body
         assert isinstance(body, m.GetEffectivePolicies)
         principal = body.principal
-        if principal.account_id == self.account_id and principal.identity_type in ("Account", "Service"):
+        if principal.account_id == self.account_id and (principal.identity_type == "Account" or _service(principal)):
             return [Reply(msg, m.GetEffectivePoliciesOk(policies=[], all_allowed=True, generation=self.dir.generation))]
         holder = self._holder(principal) if principal.account_id == self.account_id else error("EntityNotExist", "foreign")
         named = [] if isinstance(holder, Error) else self.dir.effective(*holder)
         documents = [m.PolicyDocument(name=p.name, version=p.version, document=p.document.text) for p in named]
         return [Reply(msg, m.GetEffectivePoliciesOk(policies=documents, generation=self.dir.generation))]
+
+    # -- watchers: enforcement points that acknowledge each change before it is answered ------
+    def _watch(self, msg: Envelope, now: float) -> list[Effect]:
+        if msg.src not in WATCHERS:  # holding replies for a node is a lever: only known enforcement points get it
+            return [Reply(msg, errors.no_permission(f"{msg.src} may not watch decisions.")),
+                    Log("watch_refused", "warning", {"src": msg.src})]
+        self.watchers[msg.src] = self.dir.generation
+        return [Reply(msg, m.WatchDecisionsOk(generation=self.dir.generation)),
+                Log("watcher_added", "info", {"node": msg.src, "generation": self.dir.generation}), *self._release(now)]
+
+    def _applied(self, msg: Envelope, now: float) -> list[Effect]:
+        body = msg.body
+        assert isinstance(body, m.EventApplied)
+        if msg.src not in self.watchers:
+            return []
+        self.watchers[msg.src] = max(self.watchers[msg.src], body.generation)
+        return self._release(now)
+
+    def _answer(self, reply: Reply, generation: int, now: float) -> list[Effect]:
+        """Reply now if every watcher has applied ``generation``; else hold the reply."""
+        if all(applied >= generation for applied in self.watchers.values()):
+            return [reply]
+        self._held.append(Held(generation, reply, now + self.ack_timeout))
+        return []
+
+    def _release(self, now: float) -> list[Effect]:
+        """Send the held replies every watcher has caught up with; at a deadline, drop the
+        watchers that lag (telling them) and send what they held up."""
+        effects: list[Effect] = []
+        late = [h for h in self._held if h.deadline <= now]
+        if late:
+            needed = max(h.generation for h in late)
+            for node in sorted(n for n, applied in self.watchers.items() if applied < needed):
+                del self.watchers[node]
+                effects += [Send(node, m.WatchDropped(waited_for=needed)),
+                            Log("watcher_dropped", "warning", {"node": node, "waited_for": needed})]
+        waiting: list[Held] = []
+        for held in self._held:
+            if all(applied >= held.generation for applied in self.watchers.values()):
+                effects.append(held.reply)
+            else:
+                waiting.append(held)
+        self._held = waiting
+        return effects
 
     # -- the API --------------------------------------------------------------------------
     def _api(self, handler: Callable[..., Result]) -> Callable[[Envelope, float], list[Effect]]:
@@ -168,7 +257,8 @@ class RamCore:
             result = handler(body, caller, now)
             if isinstance(result, tuple):
                 event, reply = result
-                return [Publish(topics.event(NAME, type(event).__name__), event), Reply(msg, reply)]
+                return [Publish(topics.event(NAME, type(event).__name__), event),
+                        *self._answer(Reply(msg, reply), event.generation, now)]  # type: ignore[attr-defined]
             return [Reply(msg, result)]
 
         return run

@@ -7,6 +7,10 @@ memberships, trust policies, deletions), so enforcement points can order cached 
 
 Attachments are one table for the three kinds of principal (``User``, ``Group``, ``Role``):
 the same code attaches, detaches and lists for each.
+
+:meth:`Directory.dump` and :meth:`Directory.load` turn the directory into rows (:data:`ROWS`)
+and back, for the service's store: documents are kept as the text the user wrote and parsed
+again on load; the system policies and the root key are not rows (every start makes them).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
+import msgspec
 from msgspec.structs import replace
 
 from protocol import ids
@@ -67,6 +72,40 @@ class Attachment:
     attach_date: str
 
 
+class VersionRow(msgspec.Struct, frozen=True):
+    version_id: str
+    document: str
+    create_date: str
+
+
+class PolicyRow(msgspec.Struct, frozen=True):
+    policy: m.Policy
+    versions: list[VersionRow]
+    next_version: int
+
+
+class KeyRow(msgspec.Struct, frozen=True):
+    access_key: m.AccessKey
+    secret: str
+    user_name: str
+
+
+class AttachmentRow(msgspec.Struct, frozen=True):
+    policy_type: str
+    policy_name: str
+    attach_date: str
+
+
+class GroupRow(msgspec.Struct, frozen=True):
+    group: m.Group
+    members: dict[str, str]
+
+
+ROWS: dict[str, type] = {"users": m.User, "groups": GroupRow, "roles": m.Role, "keys": KeyRow, "policies": PolicyRow,
+                         "attached": list[AttachmentRow], "meta": int}
+SEALED = frozenset({"keys"})  # AccessKey secrets: encrypted at rest
+
+
 @dataclass
 class Directory:
     account_id: str
@@ -83,6 +122,38 @@ class Directory:
     def changed(self) -> int:
         self.generation += 1
         return self.generation
+
+    # -- rows, for the store --------------------------------------------------------------------
+    def dump(self) -> dict[str, dict[str, object]]:
+        return {
+            "users": dict(self.users),
+            "groups": {name: GroupRow(g, self.members.get(name, {})) for name, g in self.groups.items()},
+            "roles": {name: role for name, (role, _) in self.roles.items()},
+            "keys": {i: KeyRow(k.access_key, k.secret, k.user_name) for i, k in self.keys.items() if k.user_name},
+            "policies": {name: PolicyRow(r.policy, [VersionRow(v.version_id, v.document.text, v.create_date) for v in r.versions.values()],
+                                         r.next_version) for (kind, name), r in self.policies.items() if kind == "Custom"},
+            "attached": {f"{kind}:{name}": [AttachmentRow(a.policy_type, a.policy_name, a.attach_date) for a in attachments]
+                         for (kind, name), attachments in self.attached.items() if attachments},
+            "meta": {"generation": self.generation},
+        }
+
+    def load(self, rows: dict[str, dict]) -> None:
+        """Restore what :meth:`dump` wrote (over a directory holding only what a start makes)."""
+        self.users.update(rows.get("users", {}))
+        for name, row in rows.get("groups", {}).items():
+            self.groups[name] = row.group
+            self.members[name] = dict(row.members)
+        for name, role in rows.get("roles", {}).items():
+            self.roles[name] = (role, policy.parse(role.assume_role_policy_document, trust=True))
+        for key_id, row in rows.get("keys", {}).items():
+            self.keys[key_id] = KeyRecord(row.access_key, row.secret, row.user_name)
+        for name, row in rows.get("policies", {}).items():
+            versions = {v.version_id: Version(v.version_id, policy.parse(v.document), v.create_date) for v in row.versions}
+            self.policies[("Custom", name)] = PolicyRecord(row.policy, versions, row.next_version)
+        for holder, attachments in rows.get("attached", {}).items():
+            kind, name = holder.split(":", 1)
+            self.attached[(kind, name)] = [Attachment(a.policy_type, a.policy_name, a.attach_date) for a in attachments]  # type: ignore[index]
+        self.generation = max(self.generation, rows.get("meta", {}).get("generation", 0))
 
     # -- validation ---------------------------------------------------------------------------
     @staticmethod

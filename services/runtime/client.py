@@ -10,11 +10,16 @@ A direct message travels on ``topics.inbox(dest, src)``; over a broker with rams
 ``from`` segment is the sender's broker identity, so a node's id must be its broker username.
 :func:`forged` is the receiving side's rule: an envelope whose ``src`` is not the
 topic's ``from`` segment is forged and dropped. A reply counts only from the node asked.
+
+Every message a node drops is also recorded on its dead-letter topic (``topics.deadletter``,
+:meth:`Endpoint.dead_letter`): why, where it came in, its size and SHA-256, never its bytes.
+Recording is best-effort: a failed publish is logged and intake goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from typing import Callable
 
@@ -24,13 +29,15 @@ import structlog
 from protocol import codec, errors, topics
 from protocol.base import Message
 from protocol.envelope import Envelope
-from protocol.errors import ProtocolError
-from protocol.messages.common import Ping, PingOk
+from protocol.errors import ProtocolError, TopicError
+from protocol.messages.common import DeadLetter, DropReason, Ping, PingOk
 from services.runtime.bus import Bus
 from services.runtime.clock import Clock
 from services.runtime.entropy import Entropy, SystemEntropy
 
 log = structlog.get_logger("bus_client")
+LETTER_TEXT = 200  # longest text a dead letter copies from what it describes (a src, a topic, a reason)
+MAX_TRACE_ID = 64  # a longer trace id (ours are 16 hex digits) is not carried on: an answer must not outgrow its question
 
 
 class _Header(msgspec.Struct):
@@ -39,6 +46,12 @@ class _Header(msgspec.Struct):
     src: str
     msg_id: int
     trace_id: str = ""
+    in_reply_to: int | None = None
+
+    @property
+    def answerable(self) -> bool:
+        """A reply is never answered, even with an error: two nodes would trade errors forever."""
+        return self.in_reply_to is None
 
 
 _header_decoder = msgspec.msgpack.Decoder(_Header)
@@ -55,8 +68,24 @@ def reply_address(payload: bytes) -> _Header | None:
     """The sender and msg id of a message that failed to decode, if those parts are readable."""
     try:
         return _header_decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return None
+
+
+def carried_trace(trace_id: str) -> str:
+    """A trace id as it may be carried on (an overlong one is dropped, not echoed back)."""
+    return trace_id if len(trace_id) <= MAX_TRACE_ID else ""
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= LETTER_TEXT else text[:LETTER_TEXT] + "..."
+
+
+def dead_letter(node: str, topic: str, payload: bytes, reason: DropReason, *, field: str = "", detail: str = "",
+                src: str = "", body: str = "") -> DeadLetter:
+    """What ``node`` records about ``payload``, dropped for ``reason``: never the bytes themselves."""
+    return DeadLetter(node=node, topic=_clip(topic), reason=reason, size=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
+                      field=_clip(field), detail=_clip(detail), src=_clip(src), body=_clip(body))
 
 
 class Endpoint:
@@ -90,7 +119,22 @@ class Endpoint:
         return env
 
     async def reply(self, request: Envelope | _Header, body: Message) -> None:
-        await self.send(request.src, body, trace_id=request.trace_id, in_reply_to=request.msg_id)
+        """Answer ``request``. A sender that cannot be addressed (no topic can name it: only a message
+        on a topic the broker does not vouch for can claim one) is logged and not answered."""
+        try:
+            await self.send(request.src, body, trace_id=carried_trace(request.trace_id), in_reply_to=request.msg_id)
+        except TopicError:
+            log.warning("reply_unaddressable", node=self.node_id, src=_clip(request.src), body=type(body).__name__)
+
+    async def dead_letter(self, letter: DeadLetter, *, trace_id: str = "") -> bool:
+        """Publish ``letter`` on this node's dead-letter topic. Best-effort: False (and a log line)
+        if the publish failed; never raises, so dropping a message cannot break intake."""
+        try:
+            await self.publish(topics.deadletter(self.node_id), letter, trace_id=carried_trace(trace_id))
+            return True
+        except Exception as exc:  # noqa: BLE001  # whatever the transport says, intake goes on
+            log.warning("dead_letter_unpublished", node=self.node_id, reason=letter.reason, error=repr(exc)[:LETTER_TEXT])
+            return False
 
 
 class BusClient(Endpoint):
@@ -103,6 +147,9 @@ class BusClient(Endpoint):
         self._started_at = clock.now()
         self._on_message = on_message
         self.forged = 0  # direct messages dropped because their src was not the topic's sender
+        self.malformed = 0  # messages dropped because they did not decode
+        self.unexpected = 0  # replies to nothing this client is waiting for (late, duplicated, or from the wrong node)
+        self.failed = 0  # messages whose on_message handler raised
 
     async def start(self) -> "BusClient":
         await self.bus.subscribe(topics.inbox_filter(self.node_id), self._receive)
@@ -141,14 +188,18 @@ class BusClient(Endpoint):
         try:
             env = codec.decode(payload)
         except ProtocolError as exc:
+            self.malformed += 1
             header = reply_address(payload)
             log.warning("message_malformed", topic=topic, field=exc.field, reason=exc.reason, src=header.src if header else None)
-            if header is not None and not forged(topic, header.src):
+            if header is not None and header.answerable and not forged(topic, header.src):
                 await self.reply(header, errors.malformed(exc.field, exc.reason))
+            await self.dead_letter(dead_letter(self.node_id, topic, payload, "malformed", field=exc.field, detail=exc.reason,
+                                               src=header.src if header else ""))
             return
         if forged(topic, env.src):
             log.warning("message_forged", topic=topic, src=env.src, body=type(env.body).__name__)
             self.forged += 1
+            await self.dead_letter(dead_letter(self.node_id, topic, payload, "forged", src=env.src, body=type(env.body).__name__))
             return
         waiting = self._waiting.get(env.in_reply_to) if env.in_reply_to is not None else None
         future = waiting[1] if waiting is not None and waiting[0] == env.src else None  # only the node asked may answer
@@ -160,8 +211,19 @@ class BusClient(Endpoint):
             await self.reply(env, PingOk(node=self.node_id, started_at=self._started_at))
         elif future is not None and not future.done():
             future.set_result(env.body)
+        elif env.in_reply_to is not None:
+            self.unexpected += 1
+            log.info("reply_unexpected", node=self.node_id, src=env.src, in_reply_to=env.in_reply_to, body=type(env.body).__name__)
+            await self.dead_letter(dead_letter(self.node_id, topic, payload, "unexpected_reply", src=env.src, body=type(env.body).__name__,
+                                               detail=f"in reply to {env.in_reply_to}"), trace_id=env.trace_id)
         elif self._on_message is not None:
-            self._on_message(env)
+            try:
+                self._on_message(env)
+            except Exception:  # noqa: BLE001  # a failing handler drops this message, not the client
+                self.failed += 1
+                log.exception("message_handler_failed", node=self.node_id, src=env.src, body=type(env.body).__name__)
+                await self.dead_letter(dead_letter(self.node_id, topic, payload, "core_failed", src=env.src, body=type(env.body).__name__),
+                                       trace_id=env.trace_id)
 
 
 class BusBarrier:

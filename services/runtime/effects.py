@@ -9,7 +9,7 @@ correlates replies to its :class:`Request` effects and re-arms one timer at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from protocol import errors
 from protocol.base import Message
@@ -74,6 +74,28 @@ class Core(Protocol):
     def on_timer(self, now: float) -> list[Effect]: ...
 
     def next_deadline(self) -> float | None: ...
+
+    # Optional: ``on_reconnect(now) -> list[Effect]``, called after the bus reconnected to the
+    # broker (messages may have been missed while away: a core that mirrors another's state resyncs).
+
+
+@runtime_checkable
+class Durable(Protocol):
+    """A core whose state survives restarts (the driver persists it; see ``runtime/store.py``).
+
+    ``ROWS`` names each table and the type of its rows; ``dump`` returns every row (the driver
+    writes only those whose bytes changed); ``load`` restores a dump at start and returns what to
+    do about it (overdue work, logs). ``READ_ONLY`` lists the message types that never change
+    state, so the driver need not look for changes after them (the hot path stays cheap).
+    ``SEALED`` tables hold secrets and are encrypted at rest."""
+
+    ROWS: dict[str, type]
+    SEALED: frozenset[str]
+    READ_ONLY: frozenset[type]
+
+    def dump(self) -> dict[str, dict[str, Any]]: ...
+
+    def load(self, rows: dict[str, dict[str, Any]], now: float) -> list[Effect]: ...
 
 
 Handler = Callable[[Envelope, float], list[Effect]]

@@ -38,6 +38,17 @@ def redact(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, An
     return _scrub(event_dict)
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (not when logging was configured): a
+    stream swapped since (a test's capture, a redirect) is followed, not written to once closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(*, fmt: str = "console", level: str = "info", service: str = "", stream: Any = None) -> None:
     """Configure structlog for one process. ``fmt`` is ``console`` or ``json``."""
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
@@ -52,7 +63,7 @@ def configure(*, fmt: str = "console", level: str = "info", service: str = "", s
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or _Stderr()),
         cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (gmqtt, aiohttp) at warning and above only.

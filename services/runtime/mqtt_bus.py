@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import urllib.parse
+from typing import Callable
 
 import gmqtt
 import structlog
@@ -84,6 +85,7 @@ class MqttBus:
         self._client.on_subscribe = self._on_subscribe
         self._first_connect = True
         self._closing = False
+        self.on_reconnect: Callable[[], None] | None = None  # the owner's hook (a driver resyncs its core)
 
     @classmethod
     async def connect(cls, url: str, client_id: str, *, persistent: bool = True, hold: bool = False,
@@ -179,6 +181,8 @@ class MqttBus:
         if not flags:  # the broker lost our session: subscribe again (gmqtt does not)
             for topic_filter in {f for f, _ in self._handlers}:
                 client.subscribe(topic_filter, qos=1)
+        if self.on_reconnect is not None:
+            self.on_reconnect()
 
     def _on_disconnect(self, client: gmqtt.Client, packet: object, exc: object = None) -> None:
         if not self._closing:

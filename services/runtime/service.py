@@ -13,6 +13,7 @@ import contextlib
 import signal
 import sys
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
 import structlog
@@ -21,10 +22,11 @@ from services.runtime import logs
 from services.runtime.bus import BusError
 from services.runtime.clock import ScaledClock
 from services.runtime.driver import Driver
-from services.runtime.effects import Core
+from services.runtime.effects import Core, Durable
 from services.runtime.entropy import Entropy, SystemEntropy
 from services.runtime.mqtt_bus import MqttBus
 from services.runtime.settings import Settings
+from services.runtime.store import Store
 
 BuildCore = Callable[[Settings, Entropy], Core]
 Shell = Callable[[Driver, Settings], AbstractAsyncContextManager[None]]
@@ -34,12 +36,23 @@ def clock_for(settings: Settings) -> ScaledClock:
     return ScaledClock(settings.time_scale, settings.time_origin or None)
 
 
+def open_store(node_id: str, settings: Settings, core: Core) -> Store | None:
+    """``<state_dir>/<node>.db`` for a core with durable state, else None."""
+    if not isinstance(core, Durable):
+        return None
+    if not settings.state_key:
+        structlog.get_logger(node_id).warning("state_key_missing", hint="set RAMSIM_STATE_KEY: secrets are stored unencrypted")
+    key = bytes.fromhex(settings.state_key) if settings.state_key else None
+    return Store(Path(settings.state_dir) / f"{node_id}.db", key=key, sealed=core.SEALED)
+
+
 async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequence[Shell] = ()) -> None:
     log = structlog.get_logger(node_id)
     entropy = SystemEntropy()
     core = build(settings, entropy)
+    store = open_store(node_id, settings, core)
     bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{node_id}", hold=True)
-    driver = Driver(core, bus, clock_for(settings), entropy, request_timeout=settings.request_timeout)
+    driver = Driver(core, bus, clock_for(settings), entropy, request_timeout=settings.request_timeout, store=store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,6 +75,7 @@ async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequ
     finally:
         with contextlib.suppress(Exception):
             await bus.close()
+        driver.close()
         log.info("service_stopped", node=node_id)
 
 

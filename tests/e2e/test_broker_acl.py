@@ -183,6 +183,9 @@ async def test_a_forged_instance_push_never_reaches_the_agent(make_cluster) -> N
         try:
             client = await BusClient(bus, identity, ScaledClock()).start()
             await bus.publish(topics.instance("host-1", instance_id), forged)
+            # nor as a direct message in its own name, on the agent's inbox (which any identity may write to)
+            await bus.publish(topics.inbox("metadata-host-1", identity), forged_envelope(
+                identity, "metadata-host-1", ecs.InstanceChanged(view=forged_view(cluster, instance_id, 10**9))))
             # the agent answers a later message from the same connection: the forged push, had the
             # broker delivered it, was handled before this Ping
             assert isinstance(await client.request("metadata-host-1", Ping()), PingOk)
@@ -270,6 +273,66 @@ async def test_only_rams_identity_can_publish_ram_events(make_cluster) -> None: 
                              what="RAM's identity's event at the observer")
         finally:
             await bus.close()
+    finally:
+        await observer.close()
+
+
+# -- (g): dead letters: each node writes only its own, only the observer reads them -------------------
+def letter(node: str, detail: str) -> common.DeadLetter:
+    return common.DeadLetter(node=node, topic=topics.inbox(node, "nobody"), reason="forged", size=0, sha256="0" * 64, detail=detail)
+
+
+async def test_dead_letters_are_written_by_their_node_alone_and_read_by_the_observer_alone(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    observer = await connect(cluster, broker.OBSERVER, "acl-observer")
+    seen: Seen = []
+    try:
+        await observer.subscribe(topics.deadletters(), collector(seen))
+
+        def letters(node: str, detail: str = "") -> list[common.DeadLetter]:
+            return [d for t, d in ((t, codec.decode(p).body) for t, p in seen)
+                    if t == topics.deadletter(node) and isinstance(d, common.DeadLetter) and detail in d.detail]
+
+        # nobody else reads them: a snooper subscribed to every dead-letter topic (and to '#') sends RAM a message RAM
+        # drops; RAM publishes its dead letter before it answers the snooper's next Ping, so by that answer the letter
+        # would have reached the snooper, had the broker let it read there
+        for identity in ("gateway", "operator", "ecs"):
+            snooper = await connect(cluster, identity, f"snooper-{identity}")
+            snooped: Seen = []
+            try:
+                for topic_filter in (topics.deadletters(), "#"):
+                    try:
+                        await snooper.subscribe(topic_filter, collector(snooped))
+                    except BusError:
+                        pass  # refusing the SUBSCRIBE outright is as good
+                client = await BusClient(snooper, identity, ScaledClock()).start()
+                await snooper.publish(topics.inbox("ram", identity), b"\xc1 dropped by RAM")
+                assert isinstance(await client.request("ram", Ping()), PingOk)
+            finally:
+                await snooper.close()
+            assert [t for t, _ in snooped if topics.matches(topics.deadletters(), t)] == [], identity
+            # control: the observer does receive that very letter
+            await eventually(lambda: [d for d in letters("ram") if d.reason == "malformed" and d.topic == topics.inbox("ram", identity)],
+                             what=f"RAM's dead letter for {identity}'s message at the observer")
+
+        # nobody writes another's: a forger publishes on RAM's dead-letter topic, then on its own (allowed, and
+        # delivered to the observer after the first, had the broker let the first through)
+        for identity in ("gateway", "operator", "ecs"):
+            forger = await connect(cluster, identity, f"forger-{identity}")
+            try:
+                await forger.publish(topics.deadletter("ram"), forged_envelope(identity, "*", letter("ram", f"forged by {identity}")))
+                await forger.publish(topics.deadletter(identity), forged_envelope(identity, "*", letter(identity, f"own, from {identity}")))
+                await eventually(lambda: letters(identity, f"own, from {identity}"), what=f"{identity}'s own dead letter at the observer")
+            finally:
+                await forger.close()
+        assert letters("ram", "forged by") == []
+        # control: RAM's identity can publish there (so the assertion above can fail)
+        control = await connect(cluster, "ram", "control-ram")
+        try:
+            await control.publish(topics.deadletter("ram"), forged_envelope("ram", "*", letter("ram", "forged by ram's identity")))
+            await eventually(lambda: letters("ram", "forged by ram's identity"), what="RAM's identity's letter at the observer")
+        finally:
+            await control.close()
     finally:
         await observer.close()
 

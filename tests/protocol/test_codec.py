@@ -134,3 +134,26 @@ def test_message_modules_list_every_type_once() -> None:
     for module in (common, ram, sts, ecs):
         for kind in module.ALL:
             assert kind in ALL
+
+
+def test_deeply_nested_junk_is_a_protocol_error_not_a_recursion_error() -> None:
+    deep = b"\x91" * 200_000 + b"\xc0"  # fits under the size cap; msgspec's depth limit is far lower
+    head = msgpack.packb({"src": "a", "dest": "b", "msg_id": 1, "body": {"type": "Ping"}})
+    in_a_skipped_field = b"\x85" + head[1:] + msgpack.packb("Junk") + deep  # an unknown field: msgspec still walks it
+    in_the_body = b"\x84" + head[1:-len(msgpack.packb({"type": "Ping"}))] + b"\x82" + msgpack.packb("type") + \
+        msgpack.packb("Ping") + msgpack.packb("Junk") + deep
+    for data in (in_a_skipped_field, in_the_body):
+        with pytest.raises(ProtocolError, match="nested too deeply"):
+            codec.decode(data)
+
+
+def test_a_string_that_is_not_utf8_is_a_protocol_error() -> None:
+    good = codec.encode(Envelope(src="a", dest="b", msg_id=1, body=ram.GetRole(role_name="x"), trace_id="t\u00e9"))
+    broken = good.replace("t\u00e9".encode(), b"t\xc3\x00", 1)  # a two-byte sequence cut short
+    with pytest.raises(ProtocolError, match="not UTF-8"):
+        codec.decode(broken)
+    for text in (b"\xa2\xc3\x28", b"\xa1\xff"):  # a bare str, and inside the envelope
+        with pytest.raises(ProtocolError):
+            codec.decode(text)
+        with pytest.raises(ProtocolError):
+            codec.decode(good.replace(msgpack.packb("a"), text, 1))

@@ -19,6 +19,10 @@ def test_builders() -> None:
     assert topics.host_instances() == "ramsim/v1/host/+/instance/+"
     assert topics.events() == "ramsim/v1/event/+/+"
     assert topics.events("ecs") == "ramsim/v1/event/ecs/+"
+    assert topics.deadletter("metadata-host-1") == "ramsim/v1/deadletter/metadata-host-1"
+    assert topics.deadletters() == "ramsim/v1/deadletter/+"
+    assert topics.matches(topics.deadletters(), topics.deadletter("ram"))
+    assert topics.sender(topics.deadletter("ram")) is None  # not a direct message
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "+", "x#", "nul\0"])

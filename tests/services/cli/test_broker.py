@@ -87,6 +87,16 @@ def test_each_service_alone_announces_its_events(acl) -> None:  # noqa: ANN001
     assert [u for u in acl if may(acl, u, "read", topics.event("sts", "RoleAssumed"))] == ["observer"]
 
 
+def test_each_identity_writes_only_its_own_dead_letters_and_only_the_observer_reads_them(acl) -> None:  # noqa: ANN001
+    users = [u for u in acl if u != "%pattern"]
+    for node in users:
+        topic = topics.deadletter(node)
+        assert [u for u in users if may(acl, u, "write", topic)] == [node]
+        assert [u for u in users if may(acl, u, "read", topic)] == [broker.OBSERVER]
+    assert not may(acl, "nobody", "write", topics.deadletter("nobody"))
+    assert not may(acl, "ram", "write", topics.deadletter("ram") + "/more")  # one level: the node's own topic, no deeper
+
+
 def test_no_rule_reaches_beyond_ramsim_topics(acl) -> None:  # noqa: ANN001
     for user, rules in acl.items():
         for _, topic in rules:

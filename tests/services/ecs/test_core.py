@@ -22,9 +22,10 @@ from protocol.messages import ecs as m
 from protocol.messages import ram, sts
 from protocol.messages.common import Principal
 from protocol.times import iso
-from services.ecs.core import RETRY_AFTER, EcsCore
+from services.ecs.core import RETRY_CAP, RETRY_FIRST, EcsCore, retry_delay
 from services.ram.policy import ECS_TRUST_POLICY
 from services.runtime.effects import Effect, Publish, Request
+from services.runtime.entropy import SeededEntropy
 from tests.helpers import ACCOUNT, T0, entropy, envelope, published, replies, reply, requests, root
 
 REGION = "cn-hangzhou"
@@ -645,15 +646,46 @@ def test_sts_failure_during_refresh_keeps_the_role_and_retries(h: Harness) -> No
 
     effects = h.settle(h.core.on_timer(h.now))
     assert views(effects) == [] and published(effects, m.InstanceCredentialsRefreshed) == []
-    assert h.core.next_deadline() == h.now + RETRY_AFTER
+    retry_at = h.core.next_deadline()
+    assert retry_at is not None and h.now + RETRY_FIRST / 2 <= retry_at < h.now + RETRY_FIRST
     assert h.roles() == {instance_id: ROLE}
     assert h.core.view(h.core.instances[instance_id]) == before  # the old credential keeps serving
-    assert h.core.on_timer(h.now + RETRY_AFTER - TICK) == []
+    assert h.core.on_timer(retry_at - TICK) == []
 
-    h.now += RETRY_AFTER
+    waits = []
+    for _ in range(4):  # still down: each wait about twice the last
+        h.now = h.core.next_deadline() or 0.0
+        h.settle(h.core.on_timer(h.now))
+        waits.append((h.core.next_deadline() or 0.0) - h.now)
+    assert all(RETRY_FIRST <= w for w in waits[:1]) and waits[-1] > waits[0]
+    assert h.core.view(h.core.instances[instance_id]) == before
+
+    h.now = h.core.next_deadline() or 0.0
     h.cloud.sts_failure = None
     [view] = views(h.settle(h.core.on_timer(h.now)))
     assert view.credentials is not None and view.credentials.last_updated == h.now
+
+
+def test_retry_delay_doubles_with_jitter_and_is_capped() -> None:
+    assert [retry_delay(n, 1800, 0.0) for n in (1, 2, 3)] == [RETRY_FIRST / 2, RETRY_FIRST, RETRY_FIRST * 2]
+    assert retry_delay(50, 1800, 0.999) < RETRY_CAP
+    assert retry_delay(50, 100, 0.0) == 100 / 10 / 2  # several attempts fit in a short refresh window
+
+
+def test_restart_restores_instances_and_refreshes_what_is_overdue_spread(h: Harness) -> None:
+    launched = [h.running(role=ROLE) for _ in range(3)]
+    rows = {t: {k: msgspec.msgpack.decode(msgspec.msgpack.encode(v), type=h.core.ROWS[t]) for k, v in table.items()}
+            for t, table in h.core.dump().items()}
+    restarted = EcsCore(account_id=h.core.account_id, region_id=REGION, zone_id=h.core.zone_id, credential_lifetime=h.core.credential_lifetime,
+                        refresh_before=h.core.refresh_before, entropy=SeededEntropy(7).token_bytes)
+    later = (h.core.next_deadline() or 0.0) + 10
+    restarted.load(rows, later)
+    assert restarted.hosts == h.core.hosts and sorted(restarted.instances) == sorted(launched)
+    assert restarted.view(restarted.instances[launched[0]]) == h.core.view(h.core.instances[launched[0]])
+    due = sorted(r.due_at or 0.0 for r in restarted.instances.values())
+    assert later <= due[0] and due[-1] < later + 1 and len(set(due)) == 3  # at once, but not all at the same instant
+    asked = requests(restarted.on_timer(due[-1]))
+    assert sorted(r.body.role_session_name for r in asked) == sorted(launched)  # type: ignore[union-attr]
 
 
 def test_every_instance_with_a_role_is_refreshed(h: Harness) -> None:

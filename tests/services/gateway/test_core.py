@@ -381,3 +381,13 @@ def test_render_an_error(body: Error, status: int) -> None:
     assert data["HostId"] == "sts.aliyuncs.com"
     assert data["Recommend"] == f"https://api.aliyun.com/troubleshoot?q={body.code}"
     assert "type" not in data and "HttpStatus" not in data
+
+
+@pytest.mark.parametrize(("command", "retried"), [
+    (Authenticate(access_key_id="LTAI", string_to_sign="s", signature="x"), True),
+    (ram.GetRole(role_name="r"), True), (ram.ListUsers(), True), (ecs.DescribeInstances(region_id="cn-hangzhou"), True),
+    (ram.CreateUser(user_name="u"), False), (ram.AttachPolicyToRole(policy_type="System", policy_name="p", role_name="r"), False),
+    (ecs.AttachInstanceRamRole(region_id="cn-hangzhou", ram_role_name="r", instance_ids="[]"), False), (sts.AssumeRole(role_arn="a", role_session_name="s"), False),
+])
+def test_only_idempotent_requests_are_asked_again_after_a_timeout(command: object, retried: bool) -> None:
+    assert core.idempotent(command) is retried

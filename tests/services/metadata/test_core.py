@@ -46,7 +46,7 @@ CREDENTIALS = m.InstanceCredentials(access_key_id="STS.NUgYrLnoC37mZZCNnAbez2Uv"
 
 def view(instance_id: str = IID, *, generation: int = 2, host_id: str = HOST, role: str = "",
          credentials: m.InstanceCredentials | None = None, http_tokens: str = "optional",
-         http_endpoint: str = "enabled", user_data: str = "", deleted: bool = False) -> m.InstanceView:
+         http_endpoint: str = "enabled", user_data: str = "", deleted: bool = False, endpoint_url: str = "") -> m.InstanceView:
     network = m.NetworkInterface(mac="00:16:3e:0f:a1:b2", private_ip="172.16.3.17", network_interface_id="eni-bp1abc",
                                  vpc_id="vpc-bp1vpc", vswitch_id="vsw-bp1vsw", vpc_cidr_block="172.16.0.0/12",
                                  vswitch_cidr_block="172.16.0.0/16", gateway="172.16.255.253", netmask="255.255.0.0")
@@ -55,7 +55,7 @@ def view(instance_id: str = IID, *, generation: int = 2, host_id: str = HOST, ro
                           instance_type="ecs.g7.large", image_id="aliyun_3_x64_20G_alibase_20240819.vhd",
                           serial_number="4acd2b47-b328-4762-852f-998ee9dc4d11", network=network,
                           http_tokens=http_tokens, http_endpoint=http_endpoint, user_data=user_data,
-                          ram_role_name=role, credentials=credentials, deleted=deleted)
+                          ram_role_name=role, credentials=credentials, deleted=deleted, endpoint_url=endpoint_url)
 
 
 def push(core: MetadataCore, v: m.InstanceView, now: float = T0) -> list:
@@ -116,6 +116,20 @@ def test_registration_applies_every_view_and_stops_asking() -> None:
     assert core.on_timer(T0 + 100) == []
 
 
+def test_a_reconnect_resyncs_from_ecs_and_keeps_serving_meanwhile() -> None:
+    core = MetadataCore(host_id=HOST, token_key=b"k" * 32)
+    [ask] = core.on_timer(T0)
+    core.on_reply(ask.context, m.RegisterHostOk(instances=[view(generation=2, role=ROLE, credentials=CREDENTIALS)]), T0)
+
+    [again] = [e for e in core.on_reconnect(T0 + 1) if isinstance(e, Request)]
+    assert again.body == m.RegisterHost(host_id=HOST)
+    assert core.on_reconnect(T0 + 2) == []  # one resync in flight at a time
+    assert get(core, "/latest/meta-data/ram/security-credentials/").body == ROLE  # still serving
+    core.on_reply(again.context, m.RegisterHostOk(instances=[view(generation=4)]), T0 + 3)  # detached while away
+    assert core.registered == 2
+    assert get(core, "/latest/meta-data/ram/security-credentials/").status == 404
+
+
 def test_registration_does_not_roll_back_a_newer_pushed_view() -> None:
     core = MetadataCore(host_id=HOST, token_key=b"k" * 32)
     [ask] = core.on_timer(T0)
@@ -144,6 +158,16 @@ def test_a_view_for_another_host_is_ignored() -> None:
     assert core.views == {}
     assert [e.event for e in effects if isinstance(e, Log)] == ["view_for_other_host"]
     assert get(core, "/latest/meta-data/instance-id").status == 404
+
+
+def test_a_view_from_anyone_but_ecs_is_ignored() -> None:
+    core = serving()
+    for src, dest in (("operator", "metadata-host-1"), ("gateway", "*"), ("oss", "metadata-host-1")):
+        # a direct message's src is vouched for by its topic: another identity may write to the agent's inbox
+        effects = core.handle(envelope(m.InstanceChanged(view=view(credentials=CREDENTIALS, role=ROLE)), src=src, dest=dest), T0)
+        assert [e.event for e in effects if isinstance(e, Log)] == ["view_not_from_ecs"]
+    assert core.views == {}
+    assert get(core, "/latest/meta-data/ram/security-credentials/").status == 404
 
 
 def test_serving_excludes_deleted_instances() -> None:

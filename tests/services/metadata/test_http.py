@@ -76,6 +76,35 @@ async def test_reconcile_opens_a_loopback_listener_and_announces_it(agent: Agent
     assert agent.listeners.urls == {IID: url} and agent.announced == [(IID, url)]
 
 
+async def test_a_restarted_agent_listens_where_the_view_was_served_before(agent: Agent) -> None:
+    agent.push(view())
+    await agent.listeners.reconcile()
+    url = agent.listeners.urls[IID]
+    await agent.listeners.close()
+
+    restarted = Agent()  # ECS hands it the view with the URL it last learnt
+    restarted.push(view(endpoint_url=url))
+    try:
+        await restarted.listeners.reconcile()
+        assert restarted.listeners.urls == {IID: url}
+        assert await fetch(url + "/latest/meta-data/instance-id") == (200, IID)
+    finally:
+        await restarted.listeners.close()
+
+
+async def test_a_previous_port_taken_since_falls_back_to_any_free_port(agent: Agent) -> None:
+    agent.push(view())
+    await agent.listeners.reconcile()
+    taken = agent.listeners.urls[IID]  # still open: the other agent cannot have it
+    other = Agent()
+    other.push(view(endpoint_url=taken))
+    try:
+        await other.listeners.reconcile()
+        assert other.listeners.urls[IID] != taken and other.announced == [(IID, other.listeners.urls[IID])]
+    finally:
+        await other.listeners.close()
+
+
 async def test_each_instance_gets_its_own_listener(agent: Agent) -> None:
     agent.push(view(IID))
     agent.push(view(OTHER, role=ROLE, credentials=CREDENTIALS))

@@ -789,3 +789,64 @@ def test_without_a_root_key_nothing_authenticates() -> None:
     core = RamCore(account_id=ACCOUNT, root_access_key_id="", root_access_key_secret="", entropy=entropy(), now=T0)
     assert core.dir.keys == {}
     assert_error(authenticate(core, "", ROOT_SECRET), "InvalidAccessKeyId.NotFound", 404)
+
+
+# -- watchers: a change is answered once every watcher applied its event -------------------------
+def watch(core: RamCore, node: str = "oss", now: float = T0) -> object:
+    return reply(core.handle(envelope(m.WatchDecisions(), src=node, dest="ram"), now))
+
+
+def applied(core: RamCore, generation: int, node: str = "oss", now: float = T0) -> list:
+    return core.handle(envelope(m.EventApplied(generation=generation), src=node, dest="ram"), now)
+
+
+def attach_readonly(core: RamCore, now: float = T0) -> list:
+    run(core, m.CreateRole(role_name="r", assume_role_policy_document=ECS_TRUST_POLICY, caller=root()), now)
+    return run(core, m.AttachPolicyToRole(policy_type="System", policy_name="AliyunOSSReadOnlyAccess", role_name="r", caller=root()), now)
+
+
+def test_only_known_enforcement_points_may_watch(core: RamCore) -> None:
+    refused = watch(core, "metadata-host-1")
+    assert isinstance(refused, Error) and refused.code == "NoPermission"
+    assert core.watchers == {}
+
+
+def test_a_change_is_answered_after_the_watcher_applied_it(core: RamCore) -> None:
+    ok = watch(core)
+    assert isinstance(ok, m.WatchDecisionsOk) and core.watchers == {"oss": ok.generation}
+    effects = attach_readonly(core)
+    [(_, event)] = events(effects)
+    assert [e for e in effects if isinstance(e, Reply)] == []  # held: the event went out, the reply waits
+    assert core.next_deadline() == T0 + core.ack_timeout
+    assert applied(core, event.generation - 1) == []  # an older acknowledgement releases nothing
+    [released] = [e.body for e in applied(core, event.generation) if isinstance(e, Reply)]
+    assert isinstance(released, m.AttachPolicyToRoleOk)
+    assert core.next_deadline() is None
+
+
+def test_changes_that_alter_no_decision_are_answered_at_once(core: RamCore) -> None:
+    watch(core)
+    assert isinstance(ask(core, m.CreateUser(user_name="u", caller=root())), m.CreateUserOk)
+
+
+def test_a_watcher_that_does_not_acknowledge_in_time_is_dropped_and_told(core: RamCore) -> None:
+    watch(core)
+    attach_readonly(core)
+    assert core.on_timer(T0 + core.ack_timeout / 2) == []
+    effects = core.on_timer(T0 + core.ack_timeout)
+    [dropped] = [e for e in effects if getattr(e, "dest", None) == "oss"]
+    assert isinstance(dropped.body, m.WatchDropped)
+    assert isinstance(reply(effects), m.AttachPolicyToRoleOk)
+    assert core.watchers == {}
+    assert any(isinstance(e, Reply) for e in attach_readonly_again(core))  # no watcher: answered at once
+
+
+def attach_readonly_again(core: RamCore) -> list:
+    return run(core, m.DetachPolicyFromRole(policy_type="System", policy_name="AliyunOSSReadOnlyAccess", role_name="r", caller=root()))
+
+
+def test_watchers_survive_a_restart(core: RamCore) -> None:
+    watch(core)
+    again = RamCore(account_id=ACCOUNT, root_access_key_id=ROOT_AK, root_access_key_secret=ROOT_SECRET, entropy=entropy(), now=T0)
+    again.load(core.dump(), T0)
+    assert again.watchers == core.watchers

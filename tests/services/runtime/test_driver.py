@@ -255,3 +255,143 @@ async def test_only_the_gateway_may_speak_for_a_caller(rig) -> None:  # noqa: AN
     assert isinstance(await as_ecs.request("echo", GetRole(role_name="S", caller=ecs)), GetRoleOk)  # a service as itself
     assert isinstance(await as_ecs.request("echo", GetRole(role_name="T", caller=alice)), Error)  # but not for alice
     assert core.handled == ["R", "S"]
+
+
+# -- dead letters ------------------------------------------------------------------------------
+async def collect_dead_letters(broker: MemoryBroker) -> list[tuple[str, Envelope]]:
+    letters: list[tuple[str, Envelope]] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        letters.append((topic, codec.decode(payload)))
+
+    await broker.client("observer").subscribe(topics.deadletters(), collect)
+    return letters
+
+
+async def test_every_dropped_message_is_recorded_as_a_dead_letter_without_its_payload(rig) -> None:  # noqa: ANN001
+    import hashlib
+
+    from protocol.messages.common import DeadLetter, Principal
+
+    core, driver, client, broker = rig
+    letters = await collect_dead_letters(broker)
+    raw = broker.client("raw")
+    secret = "SECRET-never-in-a-dead-letter"
+    malformed = msgpack.packb({"src": "raw", "dest": "echo", "msg_id": 1, "trace_id": "t-1",
+                               "body": {"type": "GetRole", "RoleName": 12, "Secret": secret}})
+    forged = codec.encode(Envelope(src="tester", dest="echo", msg_id=2, body=GetRole(role_name=secret)))
+    unexpected = codec.encode(Envelope(src="raw", dest="echo", msg_id=3, in_reply_to=999, body=GetRoleOk(role=ROLE)))
+    sent = [(topics.inbox("echo", "raw"), malformed), (topics.inbox("echo", "raw"), forged), (topics.inbox("echo", "raw"), unexpected),
+            (topics.event("ram", "Junk"), b"\xc1" + secret.encode())]
+    for topic, payload in sent:
+        await raw.publish(topic, payload)
+    alice = Principal(identity_type="RAMUser", account_id="1", arn="acs:ram::1:user/alice", principal_id="2", user_name="alice")
+    assert isinstance(await client.request("echo", GetRole(role_name=secret, caller=alice)), Error)  # caller refused
+    assert isinstance(await client.request("echo", GetRole(role_name="Boom")), Error)  # the core raises
+    assert isinstance(await client.request("echo", GetRole(role_name="R")), GetRoleOk)  # and it still serves
+    async with asyncio.timeout(5):
+        while len(letters) < 6:
+            await asyncio.sleep(0.005)
+    assert {t for t, _ in letters} == {topics.deadletter("echo")}
+    assert all(e.src == "echo" and e.dest == "*" for _, e in letters)
+    got = [e.body for _, e in letters]
+    assert all(isinstance(d, DeadLetter) and d.node == "echo" for d in got)
+    assert [d.reason for d in got] == ["malformed", "forged", "unexpected_reply", "malformed", "caller_refused", "core_failed"]
+    for (topic, payload), letter in zip(sent, got):
+        assert (letter.topic, letter.size, letter.sha256) == (topic, len(payload), hashlib.sha256(payload).hexdigest())
+    assert (got[0].field, got[0].src) == ("$.body.RoleName", "raw") and "Expected `str`" in got[0].detail
+    assert letters[0][1].trace_id == ""  # a dead letter carries no trace id of a message that did not decode
+    assert (got[1].src, got[1].body) == ("tester", "GetRole")
+    assert (got[2].body, got[2].detail) == ("GetRoleOk", "in reply to 999")
+    assert (got[4].src, got[4].topic, got[4].detail) == ("tester", topics.inbox("echo", "tester"), "caller acs:ram::1:user/alice")
+    assert (got[5].src, got[5].body, got[5].topic) == ("tester", "GetRole", topics.inbox("echo", "tester"))
+    assert not any(secret.encode() in codec.encode(e) for _, e in letters)  # never the payload
+    c = driver.counters
+    assert (c.malformed, c.forged, c.unexpected, c.failed, c.dead_letters) == (2, 2, 1, 1, 6)
+    assert core.handled == ["Boom", "R"]  # only the honest requests reached the core
+
+
+async def test_a_dead_letter_that_cannot_be_published_does_not_stop_intake(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+    bus = driver.endpoint.bus
+    publish = bus.publish
+
+    async def failing(topic: str, payload: bytes) -> None:
+        if topics.matches(topics.deadletters(), topic):
+            raise ConnectionError("broker away")
+        await publish(topic, payload)
+
+    bus.publish = failing  # type: ignore[method-assign]
+    raw = broker.client("raw")
+    await raw.publish(topics.inbox("echo", "raw"), b"\xc1")
+    assert isinstance(await client.request("echo", GetRole(role_name="Boom")), Error)
+    assert isinstance(await client.request("echo", GetRole(role_name="R")), GetRoleOk)
+    assert (driver.counters.malformed, driver.counters.failed, driver.counters.dead_letters) == (1, 1, 0)
+
+
+async def test_a_timer_that_raises_is_no_dead_letter(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+    letters = await collect_dead_letters(broker)
+
+    def boom(now: float) -> list[Effect]:
+        raise RuntimeError("timer bug")
+
+    core.on_timer = boom  # type: ignore[method-assign]
+    core.deadline = driver.clock.now()
+    assert isinstance(await client.request("echo", GetRole(role_name="R")), GetRoleOk)  # then the timer fires, and raises
+    async with asyncio.timeout(5):
+        while driver.counters.failed < 1:
+            await asyncio.sleep(0.005)
+    core.deadline = None
+    assert isinstance(await client.request("echo", Ping()), PingOk)
+    assert letters == [] and driver.counters.dead_letters == 0
+
+
+async def test_an_unaddressable_sender_on_an_event_topic_is_not_answered_and_breaks_nothing(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+    raw = broker.client("raw")
+    for src in ("", "a/b", "+"):  # a topic the broker does not vouch for: the src is the message's own claim
+        await raw.publish(topics.event("ram", "Anything"), codec.encode(Envelope(src=src, dest="echo", msg_id=1, body=Ping())))
+        await raw.publish(topics.event("ram", "Anything"), codec.encode(Envelope(src=src, dest="echo", msg_id=2, body=GetRole(role_name="E"))))
+    assert isinstance(await client.request("echo", GetRole(role_name="R")), GetRoleOk)
+    assert core.handled == ["E", "E", "E", "R"] and driver.counters.failed == 0
+
+
+async def test_a_bus_client_records_what_it_drops() -> None:
+    broker = MemoryBroker()
+    letters = await collect_dead_letters(broker)
+    watcher = await BusClient(broker.client("watcher"), "watcher", ScaledClock()).start()
+    raw = broker.client("raw")
+    await raw.publish(topics.inbox("watcher", "raw"), b"\xc1junk")
+    await raw.publish(topics.inbox("watcher", "raw"), codec.encode(Envelope(src="echo", dest="watcher", msg_id=1, body=Ping())))
+    async with asyncio.timeout(5):
+        while len(letters) < 2:
+            await asyncio.sleep(0.005)
+    assert [(t, e.body.reason) for t, e in letters] == [(topics.deadletter("watcher"), "malformed"),  # type: ignore[attr-defined]
+                                                         (topics.deadletter("watcher"), "forged")]
+    assert (watcher.malformed, watcher.forged) == (1, 1)
+
+
+async def test_an_unreadable_reply_is_not_answered_and_two_nodes_never_trade_errors(rig) -> None:  # noqa: ANN001
+    core, driver, client, broker = rig
+    raw = broker.client("raw")
+    answers: list[Envelope] = []
+
+    async def collect(topic: str, payload: bytes) -> None:
+        answers.append(codec.decode(payload))
+
+    await raw.subscribe(topics.inbox_filter("raw"), collect)
+    bad_reply = msgpack.packb({"src": "raw", "dest": "echo", "msg_id": 1, "in_reply_to": 5, "body": {"type": "GetRoleOk", "Role": 1}})
+    await raw.publish(topics.inbox("echo", "raw"), bad_reply)
+    # an oversized request whose trace id alone is near the cap: the error sent back must not be oversized in turn
+    # (the tester's client would find it malformed and answer it, and so on, forever)
+    huge = msgpack.packb({"src": "tester", "dest": "echo", "msg_id": 2, "trace_id": "t" * (codec.MAX_MESSAGE_BYTES - 100),
+                          "body": {"type": "GetRole", "RoleName": "x" * 200}})
+    await client.bus.publish(topics.inbox("echo", "tester"), huge)
+    assert isinstance(await client.request("echo", Ping()), PingOk)
+    async with asyncio.timeout(5):
+        while client.unexpected < 1:  # the Malformed error, answering a request the client never made
+            await asyncio.sleep(0.005)
+    assert isinstance(await client.request("echo", Ping()), PingOk)
+    assert (driver.counters.malformed, client.malformed) == (2, 0)
+    assert answers == []  # the reply was not answered
