@@ -26,7 +26,7 @@ from protocol.errors import Error
 from protocol.messages import common, ram
 from services.ram.cache import Entry, PolicyCache
 from services.runtime import signing
-from services.runtime.effects import Effect, Log
+from services.runtime.effects import Effect, Log, Send
 
 NAME = "oss"
 MAX_SKEW = 15 * 60
@@ -383,7 +383,13 @@ class _Key:
 
 
 class OssCore:
-    """The OSS enforcement point: its cache follows RAM's events."""
+    """The OSS enforcement point: its cache follows RAM's events.
+
+    Requests arrive over HTTP, not the bus, so a RAM event can still be on its way when the
+    caller's next request arrives. While ``watching`` (RAM answers each change only after we
+    acknowledged its event: :class:`~protocol.messages.ram.WatchDecisions`) that cannot
+    happen; while not, the shell must first let the bus catch up (a barrier) before deciding
+    from anything cached."""
 
     node_id = NAME
 
@@ -392,6 +398,7 @@ class OssCore:
         self.region_id = region_id
         self.cache = PolicyCache()
         self._keys: dict[tuple[str, str, tuple[str, str, str]], _Key] = {}
+        self.watching = False
 
     def subscriptions(self) -> list[str]:
         return [topics.events("ram")]
@@ -400,8 +407,20 @@ class OssCore:
         if self.cache.observed(msg):  # a RAM change: cached decisions may be stale
             if isinstance(msg.body, ram.AccessKeyChanged):  # disabled or deleted: its derived keys go too
                 self._keys = {k: v for k, v in self._keys.items() if k[0] != msg.body.access_key_id}
-            return []
+            # Acknowledged even before RAM's WatchDecisionsOk is handled: an event can overtake it
+            # on its way to us, and RAM ignores acknowledgements from nodes that do not watch.
+            return [Send("ram", ram.EventApplied(generation=getattr(msg.body, "generation", 0)))]
+        if isinstance(msg.body, ram.WatchDropped) and msg.src == "ram":
+            self.watching = False
+            return [Log("watch_dropped", "warning", {"waited_for": msg.body.waited_for})]
         return [Log("message_ignored", "debug", {"type": type(msg.body).__name__, "src": msg.src})]
+
+    def watched(self, answer: ram.WatchDecisionsOk) -> None:
+        """RAM now waits for our acknowledgements. Whatever is cached may have missed events
+        while we were not watching: forget it all, then decide locally again."""
+        self.cache.clear(answer.generation)
+        self._keys.clear()
+        self.watching = True
 
     def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
         return []

@@ -79,8 +79,9 @@ class OssHttp:
             return await self._perform(request, op, call.query, "unauthenticated")
         trace_id = request_id[:16].lower()
         principal = self.core.verify_locally(call.credential, self.clock.now())
-        if principal is not None and not await self.barrier.wait():
-            # verified without a bus round trip: first let every RAM event sent before this request land
+        if principal is not None and not self.core.watching and not await self.barrier.wait():
+            # verified without a bus round trip, and RAM does not wait for our acknowledgements:
+            # first let every RAM event sent before this request land
             return oss_error("ServiceUnavailable", "Authorization is unavailable, try again.", 503)
         if principal is None:
             asked = msgspec.structs.replace(call.credential, want_signing_key=call.credential.signature_method == signing.OSS_V4)

@@ -66,6 +66,11 @@ class PolicyCache:
             return True
         return False
 
+    def clear(self, generation: int) -> None:
+        """Forget every entry (they may have missed events); ``generation`` is RAM's current one."""
+        self._entries.clear()
+        self.generation = max(self.generation, generation)
+
     def observe(self, generation: int) -> None:
         """A RAM event: anything cached before ``generation`` may be stale."""
         if generation > self.generation:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from pathlib import Path
 
 import alibabacloud_oss_v2 as ossv2
 import oss2
@@ -155,6 +156,29 @@ def test_oss_v2_with_instance_credentials(target, instance_role) -> None:  # noq
     with pytest.raises(ossv2.exceptions.OperationError) as gone:
         client.get_bucket_info(ossv2.GetBucketInfoRequest(bucket=name))
     assert gone.value.unwrap().code == "NoSuchBucket"
+
+
+def test_v4_requests_verified_locally_see_every_policy_change_at_once(target, instance_role) -> None:  # noqa: ANN001
+    """OSS verifies V4 signatures itself (with keys STS derived) and decides from its cache: no
+    bus round trip per request. It still sees each change on the very next request because RAM
+    answers a change only after OSS acknowledged its event (OSS watches RAM's decisions)."""
+    role, creds = instance_role
+    ram_call(target, "AttachPolicyToRole", PolicyType="System", PolicyName="AliyunOSSFullAccess", RoleName=role)
+    client = v2_client(target, FromMetadataV2(creds))
+    name = unique("watch-")
+    client.put_bucket(ossv2.PutBucketRequest(bucket=name))
+    client.put_object(ossv2.PutObjectRequest(bucket=name, key="k", body=b"v"))
+    logs = Path(target.state_dir) / "logs"
+    wait_until(lambda: "watching_decisions" in (logs / "oss.log").read_text(), what="OSS watching RAM's decisions")
+    for _ in range(10):
+        ram_call(target, "DetachPolicyFromRole", PolicyType="System", PolicyName="AliyunOSSFullAccess", RoleName=role)
+        with pytest.raises(ossv2.exceptions.OperationError) as denied:
+            client.get_object(ossv2.GetObjectRequest(bucket=name, key="k"))
+        assert denied.value.unwrap().code == "AccessDenied"
+        ram_call(target, "AttachPolicyToRole", PolicyType="System", PolicyName="AliyunOSSFullAccess", RoleName=role)
+        assert client.get_object(ossv2.GetObjectRequest(bucket=name, key="k")).body.read() == b"v"
+    assert "watcher_dropped" not in (logs / "ram.log").read_text()  # every change was acknowledged in time
+    ram_call(target, "DetachPolicyFromRole", PolicyType="System", PolicyName="AliyunOSSFullAccess", RoleName=role)
 
 
 def test_tampered_signatures_and_bad_credentials_are_refused(target) -> None:  # noqa: ANN001

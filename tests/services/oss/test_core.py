@@ -20,6 +20,7 @@ from alibabacloud_oss_v2.types import HttpRequest as V2Request, SigningContext
 from protocol.messages import common, ram
 from services.oss import core, documents
 from services.runtime import signing
+from services.runtime.effects import Send
 
 AK, SECRET, TOKEN = "LTAI5tExampleKey", "ExampleSecret0123456789", "CAIS-token/with+chars="
 ACCOUNT = "1234567890123456"
@@ -267,7 +268,7 @@ def test_authorization_follows_ram_events() -> None:
     from protocol.envelope import Envelope
     event = Envelope(src="ram", dest="*", msg_id=1, body=ram.PolicyAttachedToRole(role_name="R", policy_type="System",
                                                                                 policy_name="AliyunOSSFullAccess", generation=6))
-    assert oss.handle(event, 0.0) == []
+    assert oss.handle(event, 0.0) == [Send("ram", ram.EventApplied(generation=6))]  # acknowledged to RAM
     assert oss.cached(who) is None  # stale: ask RAM again
     root = _principal("Account")
     assert oss.authorize(root, oss.cached(root), put, 0.0).allowed  # type: ignore[arg-type]
@@ -335,7 +336,7 @@ def test_a_disabled_access_key_drops_its_derived_keys_at_once() -> None:
     _remembered(oss, cred, time.time() + 3600)
     event = Envelope(src="ram", dest="*", msg_id=1, body=ram.AccessKeyChanged(access_key_id=AK, user_name="u", status="Inactive",
                                                                               generation=9))
-    assert oss.handle(event, time.time()) == []
+    assert oss.handle(event, time.time()) == [Send("ram", ram.EventApplied(generation=9))]
     assert oss.verify_locally(cred, time.time()) is None
     assert topics.events("ram") in oss.subscriptions()
 
@@ -349,3 +350,20 @@ def test_verifiers_hand_out_scoped_keys_only_to_oss_and_only_for_v4() -> None:
     assert signing.scoped_key(SECRET, cred, "gateway") == ("", 0.0)
     assert signing.scoped_key(SECRET, msgspec.structs.replace(cred, want_signing_key=False), "oss") == ("", 0.0)
     assert signing.scoped_key(SECRET, msgspec.structs.replace(cred, signature_method=signing.OSS_V1), "oss") == ("", 0.0)
+
+
+def test_watching_starts_clean_and_ends_when_ram_drops_us() -> None:
+    from protocol.envelope import Envelope
+    oss = core.OssCore(account_id=ACCOUNT, region_id="cn-hangzhou")
+    who = _principal()
+    oss.learn(who, _policies(["oss:Get*"], 5))
+    assert not oss.watching
+    oss.watched(ram.WatchDecisionsOk(generation=7))
+    assert oss.watching and oss.cached(who) is None  # entries from before watching may have missed events
+    dropped = Envelope(src="ram", dest="oss", msg_id=2, body=ram.WatchDropped(waited_for=8))
+    oss.handle(dropped, 0.0)
+    assert not oss.watching
+    forged = Envelope(src="gateway", dest="oss", msg_id=3, body=ram.WatchDropped(waited_for=8))
+    oss.watched(ram.WatchDecisionsOk(generation=8))
+    oss.handle(forged, 0.0)
+    assert oss.watching  # only RAM can end it
