@@ -77,8 +77,8 @@ class OssHttp:
         op = call.operation
         if not self.authorize:  # benchmark-only baseline: the same path without authentication and authorization
             return await self._perform(request, op, call.query, "unauthenticated")
-        trace_id = request_id[:16].lower()
-        principal = self.core.verify_locally(call.credential, self.clock.now())
+        now = self.clock.now()
+        principal = self.core.verify_locally(call.credential, now)
         if principal is not None and not self.core.watching and not await self.barrier.wait():
             # verified without a bus round trip, and RAM does not wait for our acknowledgements:
             # first let every RAM event sent before this request land
@@ -86,7 +86,7 @@ class OssHttp:
         if principal is None:
             asked = msgspec.structs.replace(call.credential, want_signing_key=call.credential.signature_method == signing.OSS_V4)
             who = await self.client.request(core.verifier(call.credential.access_key_id), asked,
-                                            timeout=self.request_timeout, trace_id=trace_id)
+                                            timeout=self.request_timeout, trace_id=request_id[:16].lower())
             if not isinstance(who, AuthenticateOk):
                 code = who.code if isinstance(who, Error) else type(who).__name__
                 log.info("oss_unauthenticated", code=code, access_key_id=call.credential.access_key_id)
@@ -97,11 +97,11 @@ class OssHttp:
         entry = self.core.cached(principal)
         if entry is None:
             answer = await self.client.request("ram", ram.GetEffectivePolicies(principal=principal),
-                                               timeout=self.request_timeout, trace_id=trace_id)
+                                               timeout=self.request_timeout, trace_id=request_id[:16].lower())
             if not isinstance(answer, ram.GetEffectivePoliciesOk):
                 return oss_error("ServiceUnavailable", "Authorization is unavailable, try again.", 503)
             entry = self.core.learn(principal, answer)
-        verdict = self.core.authorize(principal, entry, op.checks, self.clock.now())
+        verdict = self.core.authorize(principal, entry, op.checks, now)
         if not verdict.allowed:
             log.info("oss_access_denied", principal=principal.arn, action=verdict.action, reason=verdict.reason)
             return core.access_denied(f"You are not authorized to do {verdict.action} on this resource: {verdict.reason}.")

@@ -10,7 +10,7 @@ a change returns is decided with the change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol.messages import common, ram as m
 from protocol.times import iso
@@ -22,6 +22,14 @@ class Entry:
     generation: int
     all_allowed: bool
     policies: tuple[policy.NamedPolicy, ...]
+    # Decisions already made with these policies, by (session policy, action, resource). Only
+    # when no policy has a Condition: then nothing else (time, source IP, ...) can change them.
+    # The memo lives and dies with the entry, which a RAM event drops.
+    decisions: dict[tuple[str, str, str], m.Decision] = field(default_factory=dict, compare=False, repr=False)
+    conditional: bool = True
+
+
+MAX_MEMO = 4096  # remembered decisions per entry
 
 
 class PolicyCache:
@@ -50,8 +58,9 @@ class PolicyCache:
         return entry
 
     def put(self, principal: common.Principal, answer: m.GetEffectivePoliciesOk) -> Entry:
-        entry = Entry(answer.generation, answer.all_allowed,
-                      tuple(policy.NamedPolicy(p.name, p.version, policy.parse(p.document)) for p in answer.policies))
+        policies = tuple(policy.NamedPolicy(p.name, p.version, policy.parse(p.document)) for p in answer.policies)
+        entry = Entry(answer.generation, answer.all_allowed, policies,
+                      conditional=any(p.document.conditional for p in policies))
         if answer.generation >= self.generation:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
@@ -81,11 +90,19 @@ class PolicyCache:
         if entry.all_allowed:
             return m.Decision(allowed=True, reason=f"{principal.arn} is the account owner", decision="Allow")
         session = []
+        conditional = entry.conditional
         if principal.session_policy:
             document = self._sessions.get(principal.session_policy)
             if document is None:
                 document = self._sessions[principal.session_policy] = policy.parse(principal.session_policy, max_chars=2048)
             session = [policy.NamedPolicy("session-policy", "", document)]
+            conditional = conditional or document.conditional
+        memo = None if conditional else (principal.session_policy, check.action, check.resource)
+        if memo is not None and memo in entry.decisions:
+            return entry.decisions[memo]
         context = {"acs:CurrentTime": iso(now), "acs:PrincipalARN": principal.arn, **check.context}
         request = policy.RequestContext(action=check.action, resource=check.resource, keys=context)
-        return explain.decision(policy.decide(entry.policies, request, session=session))
+        decision = explain.decision(policy.decide(entry.policies, request, session=session))
+        if memo is not None and len(entry.decisions) < MAX_MEMO:
+            entry.decisions[memo] = decision
+        return decision

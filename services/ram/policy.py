@@ -101,6 +101,12 @@ class Document:
     by_service: dict[str, tuple[Statement, ...]] = field(default_factory=dict, repr=False, compare=False)
     any_service: tuple[Statement, ...] = field(default=(), repr=False, compare=False)
 
+    @property
+    def conditional(self) -> bool:
+        """Does any statement have a Condition? (Without one, a decision depends only on the
+        action and the resource, so an enforcement point may remember it.)"""
+        return any(st.conditions for st in self.statements)
+
     def candidates(self, service: str) -> tuple[Statement, ...]:
         return self.by_service.get(service, self.any_service)
 
