@@ -31,6 +31,7 @@ from services.runtime.clock import Clock
 
 log = structlog.get_logger("oss.http")
 CHUNK = 256 * 1024
+REQUEST_ID = "x-oss-request-id"
 
 
 class OssHttp:
@@ -47,6 +48,7 @@ class OssHttp:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = secrets.token_hex(12).upper()
+        request[REQUEST_ID] = request_id  # for answers whose headers leave before handle() returns (streamed bodies)
         try:
             answer = await self._serve(request, request_id)
         except Exception:  # noqa: BLE001 - the service keeps serving
@@ -54,7 +56,7 @@ class OssHttp:
             answer = oss_error("InternalError", "We encountered an internal error. Please try again.", 500)
         if isinstance(answer, OssError):
             return self._error(request, answer, request_id)
-        answer.headers["x-oss-request-id"] = request_id
+        answer.headers[REQUEST_ID] = request_id
         return answer
 
     def _error(self, request: web.BaseRequest, problem: OssError, request_id: str) -> web.Response:
@@ -265,6 +267,7 @@ class OssHttp:
                 headers["Content-Range"] = f"bytes {start}-{end}/{obj.size}"
         length = max(0, end - start + 1)
         headers["Content-Length"] = str(length)
+        headers[REQUEST_ID] = request[REQUEST_ID]
         response = web.StreamResponse(status=status, headers=headers)
         if request.method == "HEAD":
             return response
