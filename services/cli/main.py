@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="delete the previous cluster's state in --state-dir (keys.json, the services' databases, OSS "
                         "objects; logs stay) and start a new cluster, with a new account")
     p.add_argument("--log-format", choices=("json", "console"), default="json", help="service log format (default json)")
+    p.add_argument("--metadata-mode", choices=("port", "netns"), default="port",
+                   help="port: each instance's metadata view is a loopback port (default); netns: each instance is a "
+                        "network namespace (rsi-<id>) where http://100.100.100.200 answers by source address, so an "
+                        "unmodified SDK needs no proxy: `ip netns exec rsi-<id> <app>` (needs root and iproute2)")
 
     p = sub.add_parser("demo", help="walk the seed's nine steps, narrated",
                        description="Walk the nine steps of 'RAM role for ECS instances' against a running cluster, "
@@ -185,8 +190,29 @@ def instances(target: cluster.ClusterFile) -> list[dict[str, str]]:
              "MetadataUrl": urls.get(i["InstanceId"], {}).get("Url", "")} for i in described["Instances"]["Instance"]]
 
 
+# Run inside an instance's namespace (namespace mode): GET http://100.100.100.200<path>, as the instance.
+_IN_NAMESPACE = """
+import sys, urllib.error, urllib.request
+request = urllib.request.Request("http://100.100.100.200" + sys.argv[1])
+if sys.argv[2]:
+    request.add_header("X-aliyun-ecs-metadata-token", sys.argv[2])
+try:
+    answer = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5)
+    status, body = answer.status, answer.read()
+except urllib.error.HTTPError as exc:
+    status, body = exc.code, exc.read()
+sys.stdout.write(str(status) + "\\n" + body.decode())
+"""
+
+
 def read_metadata(url: str, path: str, token: str | None = None) -> tuple[int, str]:
-    """GET ``path`` from an instance's metadata view; (status, body)."""
+    """GET ``path`` from an instance's metadata view; (status, body). A ``netns:<namespace>``
+    endpoint (namespace mode) is read from inside that namespace, at the real address."""
+    if url.startswith("netns:"):
+        done = subprocess.run(["ip", "netns", "exec", url.removeprefix("netns:"), sys.executable, "-c", _IN_NAMESPACE,
+                               "/" + path.lstrip("/"), token or ""], capture_output=True, text=True, timeout=30)
+        status, _, body = done.stdout.partition("\n")
+        return (int(status), body) if status.isdigit() else (502, done.stderr.strip() or "no answer from the namespace")
     request = urllib.request.Request(url.rstrip("/") + "/" + path.lstrip("/"))
     if token:
         request.add_header("X-aliyun-ecs-metadata-token", token)
@@ -237,6 +263,7 @@ def _options(args: argparse.Namespace, progress: bool) -> up.Options:
                       hosts=getattr(args, "hosts", 1), time_scale=args.time_scale,
                       credential_lifetime=args.credential_lifetime, refresh_before=args.refresh_before,
                       log_format=getattr(args, "log_format", "json"), reset=getattr(args, "reset", False),
+                      metadata_mode=getattr(args, "metadata_mode", "port"),
                       progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
 
 

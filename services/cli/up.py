@@ -38,6 +38,7 @@ from typing import AsyncIterator, Callable, Iterator
 
 from protocol.messages.common import Ping, PingOk
 from services.cli import api, broker, cluster, keys, supervision
+from services.metadata import netns
 from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
@@ -69,6 +70,7 @@ class Options:
     log_level: str = "info"
     ready_timeout: float = 30.0
     reset: bool = False  # delete the previous cluster's state in state_dir before starting (else it is resumed)
+    metadata_mode: str = "port"  # "netns": each instance a network namespace reaching 100.100.100.200 (root)
     restart_policy: supervision.RestartPolicy = supervision.RestartPolicy()
     progress: Callable[[str], None] = field(default=lambda line: None)
 
@@ -381,6 +383,8 @@ def _secret_variables() -> set[str]:
 async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     say = options.progress
     mosquitto = find_mosquitto()
+    if options.metadata_mode == "netns" and netns.available():
+        raise UpError(f"--metadata-mode netns: {netns.available()}")
     state = options.state_dir.resolve()
     (state / "logs").mkdir(parents=True, exist_ok=True)
     path = (options.cluster_file or state / "cluster.json").resolve()
@@ -396,7 +400,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
             broker_url=f"mqtt://127.0.0.1:{port}", state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin,
             log_format=options.log_format, log_level=options.log_level, account_id=kept.account_id, region_id=options.region_id,
             zone_id=f"{options.region_id}-i", credential_lifetime=options.credential_lifetime,
-            refresh_before=options.refresh_before)
+            refresh_before=options.refresh_before, metadata_mode=options.metadata_mode)
         base_env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
         for name in _secret_variables():
             base_env.pop(name, None)

@@ -36,6 +36,8 @@ class Settings:
     http_host: str = _opt("127.0.0.1", "address HTTP servers listen on")
     http_port: int = _opt(0, "gateway: HTTP port (0: any free port)")
     gateway_url: str = _opt("", "metadata agent: where its proxy sends requests for hosts other than 100.100.100.200")
+    metadata_mode: str = _opt("port", "metadata agent: port (a loopback port per instance) or netns (a network "
+                                      "namespace per instance reaching 100.100.100.200; needs root)")
     root_access_key_id: str = _opt("", "RAM: the root identity's AccessKeyId", secret=True)
     root_access_key_secret: str = _opt("", "RAM: the root identity's AccessKeySecret", secret=True)
     sts_key_rotation: float = _opt(21600.0, "STS: seconds between token key rotations (old keys verify until their tokens expire)")

@@ -1,0 +1,178 @@
+"""I/O shell: namespace mode: every instance a Linux network namespace that reaches the real
+address ``http://100.100.100.200``, answered by source address, as on a real ECS host.
+
+Local mode (:mod:`services.metadata.http`) stands a port in for each instance. Here (``ramsim up
+--metadata-mode netns``, root and iproute2 required) the agent builds, for its host:
+
+* a metadata namespace ``rsm-<host>-<cluster tag>`` holding ``100.100.100.200/32`` on its loopback and one
+  listening socket on ``100.100.100.200:80`` (made inside that namespace with ``setns``; the
+  agent itself stays in the host's namespace, on the broker);
+* per instance, a namespace ``rsi-<instance suffix>`` whose ``eth0`` carries the instance's
+  private IP and is one end of a veth pair; the other end sits in the metadata namespace with a
+  /32 route back to that IP only. Inside the instance's namespace 100.100.100.200 is the only
+  address there is: an unmodified SDK, with no proxy, reads its instance's metadata there, and
+  nothing can leave for the real network.
+
+A request is answered for the instance whose private IP it came from. An instance that claims
+another's address gets nowhere: the answer is routed to the other namespace, so the TCP
+handshake never completes. Applications run "on" an instance with
+``ip netns exec rsi-<suffix> <command>``; the announced endpoint is ``netns:rsi-<suffix>``.
+Namespaces are removed when the agent stops (and any left by a killed agent are replaced).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+from contextlib import contextmanager
+from typing import Iterator
+
+import structlog
+from aiohttp import web
+
+from services.metadata.core import MetadataCore
+from services.metadata.http import Announce
+from services.runtime.clock import Clock
+
+log = structlog.get_logger("metadata.netns")
+METADATA_IP = "100.100.100.200"
+CLONE_NEWNET = 0x40000000
+PREFIX = "netns:"
+
+
+class NamespaceError(Exception):
+    """Namespace mode cannot run here (not root, no iproute2, a command failed)."""
+
+
+def available() -> str | None:
+    """None when namespace mode can run here, else why not."""
+    if getattr(os, "geteuid", lambda: -1)() != 0:
+        return "namespace mode needs root (it creates network namespaces)"
+    if shutil.which("ip") is None:
+        return "namespace mode needs iproute2's `ip` command"
+    return None
+
+
+def instance_namespace(instance_id: str) -> str:
+    return "rsi-" + instance_id.removeprefix("i-")[:20]
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NamespaceError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _delete(namespace: str) -> None:
+    subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+@contextmanager
+def _inside(namespace: str) -> Iterator[None]:
+    """Run the block with this thread in ``namespace`` (sockets made there stay there)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise NamespaceError(f"setns into {namespace}: {os.strerror(ctypes.get_errno())}")
+        try:
+            yield
+        finally:
+            if libc.setns(home, CLONE_NEWNET) != 0:  # never carry on in the wrong namespace
+                raise SystemExit(f"setns back to the host namespace failed: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+class NamespaceListeners:
+    """The agent's HTTP side in namespace mode: the same interface as
+    :class:`~services.metadata.http.Listeners` (``reconcile``, ``close``, ``urls``)."""
+
+    def __init__(self, core: MetadataCore, clock: Clock, announce: Announce, cluster: str = "") -> None:
+        why = available()
+        if why:
+            raise NamespaceError(why)
+        self.core = core
+        self.clock = clock
+        self.announce = announce
+        # one per host and cluster (two clusters' host-1 agents must not share one)
+        self.namespace = f"rsm-{core.host_id}-{hashlib.sha256(cluster.encode()).hexdigest()[:6]}"
+        self.urls: dict[str, str] = {}
+        self._wired: dict[str, tuple[str, str]] = {}  # instance -> (its namespace, its private IP)
+        self._runner: web.ServerRunner | None = None
+        self._announced_at = 0
+
+    async def start(self) -> None:
+        _delete(self.namespace)  # one a killed agent left behind
+        _ip("netns", "add", self.namespace)
+        _ip("-n", self.namespace, "link", "set", "lo", "up")
+        _ip("-n", self.namespace, "addr", "add", f"{METADATA_IP}/32", "dev", "lo")
+        with _inside(self.namespace):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((METADATA_IP, 80))
+            sock.listen(128)
+            sock.setblocking(False)
+        self._runner = web.ServerRunner(web.Server(self._handle), access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+        log.info("metadata_namespace_ready", namespace=self.namespace, address=f"{METADATA_IP}:80")
+
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
+        source = request.remote or ""
+        instance_id = next((i for i, (_, ip) in self._wired.items() if ip == source), None)
+        if instance_id is None:
+            return web.Response(status=403, text="Forbidden: no instance has this source address")
+        answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
+        return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+
+    async def reconcile(self) -> None:
+        if self.core.registered != self._announced_at:
+            self._announced_at = self.core.registered
+            for instance_id, url in sorted(self.urls.items()):
+                await self.announce(instance_id, url)
+        wanted = self.core.serving()
+        for instance_id in sorted(wanted - self._wired.keys()):
+            self._wire(instance_id)
+            await self.announce(instance_id, self.urls[instance_id])
+        for instance_id in sorted(self._wired.keys() - wanted):
+            _delete(self._wired.pop(instance_id)[0])
+            self.urls.pop(instance_id, None)
+
+    def _wire(self, instance_id: str) -> None:
+        ip = self.core.views[instance_id].network.private_ip
+        if any(ip == other for _, other in self._wired.values()):
+            log.warning("private_ip_taken", instance_id=instance_id, private_ip=ip)  # its requests would be another's
+            return
+        namespace = instance_namespace(instance_id)
+        tag = hashlib.sha256(instance_id.encode()).hexdigest()[:10]
+        outer, inner = f"rv{tag}", f"ri{tag}"
+        _delete(namespace)
+        _ip("netns", "add", namespace)
+        _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+        _ip("link", "set", outer, "netns", self.namespace)
+        _ip("link", "set", inner, "netns", namespace)
+        _ip("-n", namespace, "link", "set", inner, "name", "eth0")
+        _ip("-n", namespace, "addr", "add", f"{ip}/32", "dev", "eth0")
+        for device in ("lo", "eth0"):
+            _ip("-n", namespace, "link", "set", device, "up")
+        _ip("-n", namespace, "route", "add", f"{METADATA_IP}/32", "dev", "eth0")
+        _ip("-n", self.namespace, "link", "set", outer, "up")
+        _ip("-n", self.namespace, "route", "add", f"{ip}/32", "dev", outer)
+        self._wired[instance_id] = (namespace, ip)
+        self.urls[instance_id] = PREFIX + namespace
+        log.info("instance_namespace_ready", instance_id=instance_id, namespace=namespace, private_ip=ip)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for namespace, _ in self._wired.values():
+            _delete(namespace)
+        self._wired.clear()
+        _delete(self.namespace)
