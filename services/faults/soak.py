@@ -115,17 +115,20 @@ async def pause(cluster: Cluster, node: str, seconds: float) -> None:
         process.send_signal(signal.SIGCONT)
 
 
-async def _writer(rec: Recorder, stop: asyncio.Event) -> int:
+async def keep_writing(rec: Recorder, prefix: str, stop: asyncio.Event, *, pause: float = 0.05) -> int:
+    """CreateUser after CreateUser until ``stop``; each recorded as a write, acknowledged only
+    when the API said so (a refused connection or a timeout is not an acknowledgement). Returns
+    how many were tried."""
     for n in itertools.count():
         if stop.is_set():
             return n
-        name = f"soak{n}"
+        name = f"{prefix}{n}"
         try:
             await rec.api("ram", "CreateUser", UserName=name)
             rec.write("ram.User", name, acknowledged=True)
         except (api.ApiError, OSError, urllib.error.URLError):
             rec.write("ram.User", name, acknowledged=False)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(pause)
     raise AssertionError("unreachable")
 
 
@@ -147,7 +150,7 @@ async def soak(options: SoakOptions) -> int:
                 if not attach.ok:
                     raise RuntimeError(f"could not attach {ROLE}: {attach.code}")
                 stop = asyncio.Event()
-                writer = asyncio.create_task(_writer(rec, stop))
+                writer = asyncio.create_task(keep_writing(rec, "soak", stop))
                 deadline = time.monotonic() + options.minutes * 60
                 for n in itertools.count(1):
                     await asyncio.sleep(rng.expovariate(1 / options.gap))

@@ -19,11 +19,9 @@ refresh is a timed wait by design); everything else waits on a condition with a 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import time
-import urllib.error
 from pathlib import Path
 
 from protocol import codec, topics
@@ -35,6 +33,7 @@ from services.cli.up import Cluster, Options, running_cluster
 from services.faults.history import Probe
 from services.faults.invariants import Bounds, Report
 from services.faults.recorder import Recorder
+from services.faults.soak import keep_writing
 from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
@@ -59,22 +58,6 @@ async def serving(rec: Recorder, instance_id: str) -> Probe:
     assert attach.ok, attach
     return await rec.wait_for(lambda h: next((p for p in h.probes(instance_id) if p.status == 200), None),
                               what="the first credential")
-
-
-async def keep_writing(rec: Recorder, prefix: str, stop: asyncio.Event) -> int:
-    """CreateUser after CreateUser until ``stop``; each recorded as a write, acknowledged only
-    when the API said so (a refused connection or a timeout is not an acknowledgement)."""
-    for n in itertools.count():
-        if stop.is_set():
-            return n
-        name = f"{prefix}{n}"
-        try:
-            await rec.api("ram", "CreateUser", UserName=name)
-            rec.write("ram.User", name, acknowledged=True)
-        except (api.ApiError, OSError, urllib.error.URLError):
-            rec.write("ram.User", name, acknowledged=False)
-        await asyncio.sleep(0.02)
-    raise AssertionError("unreachable")
 
 
 async def read_back(rec: Recorder) -> None:
@@ -102,7 +85,7 @@ async def test_kill_9_of_each_service_under_writes_keeps_every_invariant(make_cl
         async with Recorder(cluster, interval=0.05) as rec:
             await serving(rec, instance_id)
             stop = asyncio.Event()
-            writer = asyncio.create_task(keep_writing(rec, "w", stop))
+            writer = asyncio.create_task(keep_writing(rec, "w", stop, pause=0.02))
             for node in NODES:
                 async with rec.fault("kill", node):
                     await kill_and_wait_restart(cluster, node)
@@ -133,7 +116,7 @@ async def test_a_broker_restart_then_ecs_paused_past_a_refresh_keeps_every_invar
         async with Recorder(cluster, interval=0.05) as rec:
             await serving(rec, instance_id)
             stop = asyncio.Event()
-            writer = asyncio.create_task(keep_writing(rec, "b", stop))
+            writer = asyncio.create_task(keep_writing(rec, "b", stop, pause=0.02))
             async with rec.fault("kill", "mosquitto"):
                 await kill_and_wait_restart(cluster, "mosquitto")
                 await bus.close()
