@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable
 
 from protocol.messages.common import Ping, PingOk
 from services.cli import api
+from services.cli.supervision import RestartPolicy
 from services.cli.up import Cluster, Options, running_cluster
 from services.faults.invariants import Bounds
 from services.faults.recorder import Recorder
@@ -115,19 +116,24 @@ async def pause(cluster: Cluster, node: str, seconds: float) -> None:
         process.send_signal(signal.SIGCONT)
 
 
-async def keep_writing(rec: Recorder, prefix: str, stop: asyncio.Event, *, pause: float = 0.05) -> int:
-    """CreateUser after CreateUser until ``stop``; each recorded as a write, acknowledged only
-    when the API said so (a refused connection or a timeout is not an acknowledgement). Returns
-    how many were tried."""
+async def keep_writing(rec: Recorder, prefix: str, stop: asyncio.Event, *, pause: float = 0.05, keep: int = 400) -> int:
+    """CreateUser after CreateUser until ``stop``, and DeleteUser of the one ``keep`` before (RAM
+    holds at most 1000 users); each recorded as a write, acknowledged only when the API said so
+    (a refused connection or a timeout is not an acknowledgement). Returns how many were created."""
+
+    async def write(action: str, name: str, deleted: bool) -> None:
+        try:
+            await rec.api("ram", action, UserName=name)
+            rec.write("ram.User", name, acknowledged=True, deleted=deleted)
+        except (api.ApiError, OSError, urllib.error.URLError):
+            rec.write("ram.User", name, acknowledged=False, deleted=deleted)
+
     for n in itertools.count():
         if stop.is_set():
             return n
-        name = f"{prefix}{n}"
-        try:
-            await rec.api("ram", "CreateUser", UserName=name)
-            rec.write("ram.User", name, acknowledged=True)
-        except (api.ApiError, OSError, urllib.error.URLError):
-            rec.write("ram.User", name, acknowledged=False)
+        await write("CreateUser", f"{prefix}{n}", False)
+        if n >= keep:
+            await write("DeleteUser", f"{prefix}{n - keep}", True)
         await asyncio.sleep(pause)
     raise AssertionError("unreachable")
 
@@ -137,7 +143,9 @@ async def soak(options: SoakOptions) -> int:
     rng = random.Random(options.seed)
     bounds = Bounds(detach_bound=1.0, grace=2.0)
     cluster_options = Options(state_dir=options.state_dir, instances=1, time_scale=options.time_scale, reset=True,
-                              credential_lifetime=3600, refresh_before=1800, progress=say)
+                              credential_lifetime=3600, refresh_before=1800, progress=say,
+                              # the soak kills on purpose, often: that is not a crash loop to give up on
+                              restart_policy=RestartPolicy(loop_limit=1_000_000))
     async with running_cluster(cluster_options) as cluster:
         cluster.call("ram", "CreateRole", RoleName=ROLE, AssumeRolePolicyDocument=ECS_TRUST_POLICY)
         [instance] = cluster.call("ecs", "DescribeInstances", RegionId=cluster.file.region_id)["Instances"]["Instance"]
