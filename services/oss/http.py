@@ -10,6 +10,7 @@ carries ``x-oss-request-id``; errors are OSS error documents (for HEAD, in ``x-o
 from __future__ import annotations
 
 import base64
+import contextvars
 import email.utils
 import secrets
 import time
@@ -32,6 +33,7 @@ from services.runtime.clock import Clock
 log = structlog.get_logger("oss.http")
 CHUNK = 256 * 1024
 REQUEST_ID = "x-oss-request-id"
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("oss_request_id", default="")  # one request per task
 
 
 class OssHttp:
@@ -48,7 +50,7 @@ class OssHttp:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = secrets.token_hex(12).upper()
-        request[REQUEST_ID] = request_id  # for answers whose headers leave before handle() returns (streamed bodies)
+        _request_id.set(request_id)  # for answers whose headers leave before handle() returns (streamed bodies)
         try:
             answer = await self._serve(request, request_id)
         except Exception:  # noqa: BLE001 - the service keeps serving
@@ -267,7 +269,7 @@ class OssHttp:
                 headers["Content-Range"] = f"bytes {start}-{end}/{obj.size}"
         length = max(0, end - start + 1)
         headers["Content-Length"] = str(length)
-        headers[REQUEST_ID] = request[REQUEST_ID]
+        headers[REQUEST_ID] = _request_id.get()
         response = web.StreamResponse(status=status, headers=headers)
         if request.method == "HEAD":
             return response
