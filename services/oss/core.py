@@ -293,6 +293,8 @@ def credential(req: HttpRequest, bucket: str | None, key: str, query: list[tuple
                                    security_token=headers.get("x-oss-security-token", ""))
     if auth.startswith(signing.OSS_V4 + " "):
         return _v4_header(req, bucket, key, auth, wall_now)
+    if params.get("x-oss-signature-version") == signing.OSS_V4:
+        return _v4_query(req, bucket, key, params, wall_now)
     if "OSSAccessKeyId" in params and "Signature" in params and "Expires" in params:
         expires = params["Expires"]
         if not expires.isdigit():
@@ -328,6 +330,35 @@ def _v4_header(req: HttpRequest, bucket: str | None, key: str, auth: str, wall_n
     return common.Authenticate(access_key_id=access_key_id, signature=signature, signature_method=signing.OSS_V4,
                                string_to_sign=v4_string_to_sign(stamp, scope, canonical),
                                security_token=req.headers.get("x-oss-security-token", ""))
+
+
+MAX_PRESIGN = 7 * 24 * 3600  # the longest x-oss-expires OSS accepts
+
+
+def _v4_query(req: HttpRequest, bucket: str | None, key: str, params: dict[str, str], wall_now: float) -> common.Authenticate | OssError:
+    """A V4 presigned URL (alibabacloud-oss-v2 ``SignerV4._auth_query``): the credential, date,
+    expiry and token are query parameters, signed with the rest of the query (all but
+    ``x-oss-signature``, as they appear in the URL)."""
+    access_key_id, _, scope = params.get("x-oss-credential", "").partition("/")
+    parts = scope.split("/")
+    stamp, expires, signature = params.get("x-oss-date", ""), params.get("x-oss-expires", ""), params.get("x-oss-signature", "")
+    when = _v4_time(stamp)
+    if not access_key_id or not signature or len(parts) != 4 or parts[2] != "oss" or parts[3] != "aliyun_v4_request":
+        return oss_error("InvalidArgument", "x-oss-credential or x-oss-signature is invalid.", 400, ArgumentName="x-oss-credential")
+    if when is None or parts[0] != stamp[:8]:
+        return access_denied("x-oss-date is required and must match the credential's date.")
+    if not expires.isdigit() or not 0 < int(expires) <= MAX_PRESIGN:
+        return oss_error("InvalidArgument", f"x-oss-expires must be 1-{MAX_PRESIGN} seconds.", 400, ArgumentName="x-oss-expires")
+    if when - MAX_SKEW > wall_now:
+        return oss_error("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.", 403)
+    if when + int(expires) < wall_now:
+        return access_denied("Request has expired.")
+    signed_query = "&".join(p for p in req.raw_query.split("&") if p.partition("=")[0] != "x-oss-signature")
+    additional = sorted(h.strip().lower() for h in params.get("x-oss-additional-headers", "").split(";") if h.strip())
+    canonical = v4_canonical_request(req.method, req.headers, bucket, key, signed_query, additional)
+    return common.Authenticate(access_key_id=access_key_id, signature=signature, signature_method=signing.OSS_V4,
+                               string_to_sign=v4_string_to_sign(stamp, scope, canonical),
+                               security_token=params.get("x-oss-security-token", ""))
 
 
 def parse(req: HttpRequest, account_id: str, wall_now: float) -> Call | OssError:

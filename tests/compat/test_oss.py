@@ -4,7 +4,9 @@ the credentials SDK, ``proxy=`` the instance's listener: never the real 100.100.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import re
 import uuid
 from pathlib import Path
 
@@ -311,6 +313,27 @@ def _fetch(url: str, method: str = "GET", data: bytes | None = None, content_typ
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def test_v4_presigned_urls_of_oss_v2_work_until_they_expire(target) -> None:  # noqa: ANN001
+    bucket = root_bucket(target, "v4sign-")
+    bucket.put_object("dir/shared v4.txt", b"v4 presigned body")
+    client = v2_client(target, ossv2.credentials.StaticCredentialsProvider(target.access_key_id, target.access_key_secret))
+    get = client.presign(ossv2.GetObjectRequest(bucket=bucket.bucket_name, key="dir/shared v4.txt"),
+                         expires=datetime.timedelta(seconds=2))
+    assert "x-oss-signature-version=OSS4-HMAC-SHA256" in get.url and "x-oss-signature=" in get.url
+    assert _fetch(get.url) == (200, b"v4 presigned body")
+    put = client.presign(ossv2.PutObjectRequest(bucket=bucket.bucket_name, key="up.txt", content_type="text/plain"),
+                         expires=datetime.timedelta(minutes=5))
+    assert put.signed_headers.get("Content-Type") == "text/plain"  # a V4 signature covers it: send exactly that
+    assert _fetch(put.url, "PUT", b"via a V4 presigned PUT", "text/plain")[0] == 200
+    assert bucket.get_object("up.txt").read() == b"via a V4 presigned PUT"
+    status, body = _fetch(get.url.replace("shared%20v4.txt", "other.txt"))  # the signature covers the key
+    assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body
+    longer = re.sub(r"x-oss-expires=\d+", "x-oss-expires=3600", get.url)
+    assert longer != get.url and _fetch(longer)[0] == 403  # and its own lifetime
+    expired = wait_until(lambda: _fetch(get.url)[0] == 403 and _fetch(get.url), timeout=10, what="the URL to expire")
+    assert b"<Code>AccessDenied</Code>" in expired[1] and b"expired" in expired[1]
 
 
 def test_presigned_urls_work_until_they_expire(target) -> None:  # noqa: ANN001

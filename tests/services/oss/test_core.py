@@ -5,6 +5,7 @@ parts (addressing, names, listing, ranges, documents, decisions)."""
 from __future__ import annotations
 
 import datetime
+import re
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -107,6 +108,31 @@ def test_presigned_v1_url_verifies_and_expires() -> None:
     assert signing.verify(SECRET, cred.string_to_sign, cred.signature, cred.signature_method)
     late = core.credential(http, bucket_name, key, core.parse_query(http.raw_query), time.time() + 120)
     assert isinstance(late, core.OssError) and late.code == "AccessDenied" and "expired" in late.message
+
+
+def test_presigned_v4_url_verifies_and_expires_and_refuses_what_oss_refuses() -> None:
+    import datetime
+    cfg = ossv2.config.load_default()
+    cfg.credentials_provider = ossv2.credentials.StaticCredentialsProvider(AK, SECRET, TOKEN)
+    cfg.region, cfg.endpoint = "cn-hangzhou", "http://127.0.0.1:9000"
+    url = ossv2.Client(cfg).presign(ossv2.GetObjectRequest(bucket="my-bucket", key="dir/a b.txt"),
+                                    expires=datetime.timedelta(seconds=60)).url
+    http = _as_request("GET", url, {})
+    bucket_name, key = core.locate(http.host, http.raw_path)
+
+    def cred(raw: str, now: float) -> common.Authenticate | core.OssError:
+        changed = _as_request("GET", raw, {})
+        return core.credential(changed, bucket_name, key, core.parse_query(changed.raw_query), now)
+
+    found = cred(url, time.time())
+    assert isinstance(found, common.Authenticate) and found.security_token == TOKEN and found.access_key_id == AK
+    assert signing.verify(SECRET, found.string_to_sign, found.signature, found.signature_method)
+    late = cred(url, time.time() + 120)
+    assert isinstance(late, core.OssError) and late.code == "AccessDenied" and "expired" in late.message
+    forever = cred(re.sub(r"x-oss-expires=\d+", "x-oss-expires=604801", url), time.time())
+    assert isinstance(forever, core.OssError) and forever.code == "InvalidArgument"
+    future = cred(url, time.time() - 3600)  # signed an hour from now, as this clock sees it
+    assert isinstance(future, core.OssError) and future.code == "RequestTimeTooSkewed"
 
 
 def test_stale_dates_and_anonymous_requests_are_refused() -> None:
