@@ -1,11 +1,14 @@
-"""I/O shell: the gateway process: an aiohttp server and a bus client."""
+"""I/O shell: the gateway process: an aiohttp server, a bus client, and its nonce window on disk
+(``<state_dir>/gateway.db``), so a restarted gateway still refuses replays of recent requests."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import parse_qsl
 from typing import Sequence
 
@@ -43,8 +46,37 @@ async def ask(client: BusClient, dest: str, body: Message, settings: Settings, t
     raise AssertionError("unreachable")
 
 
-def make_app(client: BusClient, settings: Settings) -> web.Application:
+class NonceLog:
+    """The nonces the gateway saw within the timestamp window, in SQLite (WAL): written before
+    the request is answered, read back at start."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, stamp REAL NOT NULL) WITHOUT ROWID")
+        self.added = 0
+
+    def load(self, now: float, window: float) -> dict[str, float]:
+        self.db.execute("DELETE FROM nonces WHERE stamp < ?", (now - window,))
+        return dict(self.db.execute("SELECT nonce, stamp FROM nonces"))
+
+    def add(self, seen: list[tuple[str, float]], now: float, window: float) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO nonces (nonce, stamp) VALUES (?, ?)", seen)
+        self.added += len(seen)
+        if self.added >= 10_000:  # now and then, forget what can no longer be replayed
+            self.added = 0
+            self.db.execute("DELETE FROM nonces WHERE stamp < ?", (now - window,))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def make_app(client: BusClient, settings: Settings, nonces: NonceLog | None = None) -> web.Application:
     gateway = core.Gateway()
+    if nonces is not None:
+        gateway.restore(nonces.load(time.time(), gateway.max_skew), time.time())
 
     async def call(request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4()).upper()
@@ -54,7 +86,12 @@ def make_app(client: BusClient, settings: Settings) -> web.Application:
         http = core.HttpCall(method=request.method, path=request.path,
                              query=parse_qsl(request.query_string, keep_blank_values=True),
                              headers={k.lower(): v for k, v in request.headers.items()}, body=body, form=form)
-        parsed = gateway.parse(http, time.time())
+        now = time.time()
+        parsed = gateway.parse(http, now)
+        if gateway.seen:  # on disk before anything is answered: a restart must not forget it
+            if nonces is not None:
+                nonces.add(gateway.seen, now, gateway.max_skew)
+            gateway.seen.clear()
         product = parsed.product if isinstance(parsed, core.Call) else "gateway"
         if isinstance(parsed, Error):
             return respond(parsed, request_id, product)
@@ -87,7 +124,8 @@ def respond(body: object, request_id: str, product: str) -> web.Response:
 async def serve(settings: Settings) -> None:
     bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{NAME}", hold=True)
     client = await BusClient(bus, NAME, clock_for(settings)).start()
-    runner = web.AppRunner(make_app(client, settings), access_log=None)
+    nonces = NonceLog(Path(settings.state_dir) / f"{NAME}.db")
+    runner = web.AppRunner(make_app(client, settings, nonces), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
@@ -101,6 +139,7 @@ async def serve(settings: Settings) -> None:
     finally:
         await runner.cleanup()
         await bus.close()
+        nonces.close()
         log.info("service_stopped", node=NAME)
 
 

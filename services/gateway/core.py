@@ -67,13 +67,21 @@ class Gateway:
 
     Holds the one piece of state the gateway needs: the nonces seen within the timestamp
     window (a reused nonce is ``SignatureNonceUsed``). ``now`` is wall time, since clients
-    stamp requests with real time.
+    stamp requests with real time. The shell keeps the window on disk: it takes each newly
+    seen nonce from :attr:`seen` and hands a restarted gateway the window back with
+    :meth:`restore`, so a restart opens no window for replays.
     """
 
     def __init__(self, *, max_skew: float = MAX_SKEW) -> None:
         self.max_skew = max_skew
         self._nonces: dict[str, float] = {}
         self._oldest = 0.0
+        self.seen: list[tuple[str, float]] = []  # (nonce, its request's timestamp) since the shell last took them
+
+    def restore(self, nonces: dict[str, float], now: float) -> None:
+        """Take back the nonces a previous run saw; those whose requests can no longer pass are dropped."""
+        self._nonces.update({n: t for n, t in nonces.items() if now - t <= self.max_skew})
+        self._oldest = min(self._nonces.values(), default=now)
 
     def parse(self, call: HttpCall, now: float) -> Call | Error:
         authorization = call.headers.get("authorization", "")
@@ -138,6 +146,7 @@ class Gateway:
         if nonce in self._nonces:
             return error("SignatureNonceUsed", "Specified signature nonce was used already.")
         self._nonces[nonce] = stamp  # by its timestamp: it can be replayed until stamp + max_skew
+        self.seen.append((nonce, stamp))
         return None
 
     def _command(self, version: str, action: str, params: dict[str, str], credential: common.Authenticate) -> Call:

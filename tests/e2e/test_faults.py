@@ -9,7 +9,8 @@ checker (:mod:`services.faults.invariants`) passing over the recorded history:
   arrives before the old one expires;
 * a cluster stopped and resumed on its state directory: everything acknowledged is there;
 * one request delivered twice (same sender, same msg id), across a kill -9 of RAM: answered
-  twice with the same reply, done once.
+  twice with the same reply, done once;
+* a signed API request replayed to a gateway restarted after a kill -9: still refused.
 
 Time runs 600x: a 3600 s credential lasts 6 real seconds and is refreshed 1800 s (3 real
 seconds) before it expires. A fault lasts as long as the experiment says (a pause past a
@@ -19,9 +20,12 @@ refresh is a timed wait by design); everything else waits on a condition with a 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from protocol import codec, topics
@@ -253,3 +257,20 @@ async def _collect(into: list[Envelope], payload: bytes) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_restarted_gateway_still_refuses_a_replayed_request(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    url = f"{cluster.file.gateway_url}/?" + api.signed_query("ram", "ListUsers", {}, cluster.credential)
+
+    def send() -> tuple[int, dict]:
+        try:
+            with api.opener.open(urllib.request.Request(url, data=b"", method="POST"), timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    assert (await asyncio.to_thread(send))[0] == 200
+    await kill_and_wait_restart(cluster, "gateway")
+    status, body = await eventually(lambda: asyncio.to_thread(send), timeout=20, what="the restarted gateway answering")
+    assert (status, body["Code"]) == (400, "SignatureNonceUsed")  # the window came back from gateway.db

@@ -391,3 +391,16 @@ def test_render_an_error(body: Error, status: int) -> None:
 ])
 def test_only_idempotent_requests_are_asked_again_after_a_timeout(command: object, retried: bool) -> None:
     assert core.idempotent(command) is retried
+
+
+def test_a_restored_nonce_window_refuses_replays_and_forgets_what_can_no_longer_pass() -> None:
+    first = Gateway()
+    now = parse_iso("2026-01-01T00:00:00Z")
+    stamp = "2026-01-01T00:00:00Z"
+    assert first._fresh(stamp, "n-1", now) is None
+    assert first.seen == [("n-1", now)]  # for the shell to keep on disk
+    restarted = Gateway()
+    restarted.restore({"n-1": now, "n-old": now - 3600}, now)
+    replay = restarted._fresh(stamp, "n-1", now)
+    assert isinstance(replay, Error) and replay.code == "SignatureNonceUsed"
+    assert restarted._fresh(stamp, "n-old", now) is None  # too old to be kept: its own request could not pass anyway
