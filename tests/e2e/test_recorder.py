@@ -115,6 +115,8 @@ async def test_a_recorded_run_keeps_every_invariant(make_cluster, tmp_path) -> N
 
 
 def test_only_loopback_metadata_urls_are_probed() -> None:
+    """Pure string checks: loopback() refuses these addresses before any socket exists, so nothing
+    here is dialed (no proxy or namespace is needed; tests/conftest.py would refuse it anyway)."""
     assert loopback("http://127.0.0.1:4000/") == "http://127.0.0.1:4000"
     assert loopback("http://localhost:4000") == "http://localhost:4000"
     assert loopback("http://[::1]:4000") == "http://[::1]:4000"
