@@ -23,6 +23,7 @@ Namespaces are removed when the agent stops (and any left by a killed agent are 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -48,12 +49,19 @@ class NamespaceError(Exception):
     """Namespace mode cannot run here (not root, no iproute2, a command failed)."""
 
 
+@functools.cache
 def available() -> str | None:
-    """None when namespace mode can run here, else why not."""
+    """None when namespace mode can run here (tried once: a container may deny it even to root),
+    else why not."""
     if getattr(os, "geteuid", lambda: -1)() != 0:
         return "namespace mode needs root (it creates network namespaces)"
     if shutil.which("ip") is None:
         return "namespace mode needs iproute2's `ip` command"
+    probe = f"rs-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    _delete(probe)
+    if made.returncode != 0:
+        return f"this machine does not let ramsim create network namespaces: {made.stderr.strip()}"
     return None
 
 
