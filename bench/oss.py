@@ -58,45 +58,7 @@ POLICY = "AliyunOSSReadOnlyAccess"
 BUCKET = "bench-oss"
 KEY = "small/1k.bin"
 BODY = bytes(range(256)) * 4  # 1 KiB
-MAX_REQUESTS = 2_000_000
 NO_AUTH = "RAMSIM_OSS_AUTHORIZE"  # services/oss/app.py NO_AUTH_VARIABLE: benchmark-only
-
-
-# -- the Python load generator (its own process) -------------------------------------------------
-def python_load(url: str, connections: int, seconds: float, headers_json: str) -> None:
-    import aiohttp
-
-    headers = json.loads(headers_json)
-
-    async def run() -> dict[str, float]:
-        counts = {"requests": 0, "non2xx": 0, "errors": 0}
-        latencies: list[float] = []
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections), trust_env=False,
-                                         skip_auto_headers=("User-Agent",)) as session:
-            deadline = time.perf_counter() + seconds
-
-            async def worker() -> None:
-                while time.perf_counter() < deadline and counts["requests"] < MAX_REQUESTS:
-                    t = time.perf_counter()
-                    try:
-                        async with session.get(url, headers=headers) as answer:
-                            await answer.read()
-                            counts["non2xx"] += not 200 <= answer.status < 300
-                    except (aiohttp.ClientError, OSError):
-                        counts["errors"] += 1
-                        await asyncio.sleep(0.01)
-                    counts["requests"] += 1
-                    if len(latencies) < 200_000:
-                        latencies.append(time.perf_counter() - t)
-
-            start = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(connections)))
-            elapsed = time.perf_counter() - start
-        ms = sorted(x * 1000 for x in latencies) or [0.0]
-        return {**counts, "rps": counts["requests"] / elapsed, "p50": statistics.median(ms),
-                "p99": ms[min(len(ms) - 1, int(len(ms) * 0.99))]}
-
-    print(json.dumps(asyncio.run(run())), flush=True)
 
 
 def load(url: str, headers: dict[str, str], connections: int, seconds: int, use_wrk: bool) -> throughput.Load:
@@ -106,7 +68,7 @@ def load(url: str, headers: dict[str, str], connections: int, seconds: int, use_
             argv += ["-H", f"{name}: {value}"]
         out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
         return throughput.parse_wrk(out)
-    argv = [sys.executable, str(Path(__file__).resolve()), "_load", url, str(connections), str(seconds), json.dumps(headers)]
+    argv = [sys.executable, str(Path(throughput.__file__).resolve()), "_load", url, str(connections), str(seconds), json.dumps(headers)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     data = json.loads(out.strip().splitlines()[-1])
     return throughput.Load(rps=data["rps"], p50=data["p50"], p99=data["p99"], non2xx=int(data["non2xx"]),
@@ -302,7 +264,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "_load":
-        python_load(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
-    else:
-        asyncio.run(main())
+    asyncio.run(main())

@@ -87,22 +87,25 @@ def serve_bare(body_file: str, content_type: str, lifetime: float) -> None:
     asyncio.run(run())
 
 
-def python_load(url: str, connections: int, seconds: float) -> None:
-    """The fallback load generator: C workers on one keep-alive pool until a deadline; prints JSON."""
+def python_load(url: str, connections: int, seconds: float, headers_json: str = "{}") -> None:
+    """The fallback load generator: C workers on one keep-alive pool until a deadline, each request
+    with ``headers`` (and no User-Agent, as wrk sends none); prints JSON. bench/oss.py uses it too."""
     import aiohttp
+
+    headers = json.loads(headers_json)
 
     async def run() -> dict[str, float]:
         counts = {"requests": 0, "non2xx": 0, "errors": 0}
         latencies: list[float] = []
         connector = aiohttp.TCPConnector(limit=connections)
-        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        async with aiohttp.ClientSession(connector=connector, trust_env=False, skip_auto_headers=("User-Agent",)) as session:
             deadline = time.perf_counter() + seconds
 
             async def worker() -> None:
                 while time.perf_counter() < deadline and counts["requests"] < MAX_REQUESTS:
                     t = time.perf_counter()
                     try:
-                        async with session.get(url) as answer:
+                        async with session.get(url, headers=headers) as answer:
                             await answer.read()
                             counts["non2xx"] += not 200 <= answer.status < 300
                     except (aiohttp.ClientError, OSError):
@@ -449,6 +452,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["_bare"]:
         serve_bare(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     elif sys.argv[1:2] == ["_load"]:
-        python_load(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        python_load(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), *sys.argv[5:6])
     else:
         asyncio.run(main())
