@@ -108,6 +108,7 @@ async def kill(cluster: Cluster, operator: Operator, node: str, *, timeout: floa
 
 
 async def pause(cluster: Cluster, node: str, seconds: float) -> None:
+    """SIGSTOP ``node`` for ``seconds``, then SIGCONT (also if cancelled meanwhile)."""
     process = cluster.process(node).proc
     process.send_signal(signal.SIGSTOP)
     try:
