@@ -29,31 +29,53 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-a
 log = structlog.get_logger("metadata.http")
 
 
-class Listeners:
-    def __init__(self, core: MetadataCore, clock: Clock, host: str, announce: Announce, gateway_url: str = "") -> None:
+class Ways:
+    """A way in to each instance's view (a port here; a network namespace in namespace mode),
+    kept in step with the core: :meth:`reconcile` after each step opens one for every instance
+    the core serves and closes the rest; ``urls`` are the open ones, as announced to ECS."""
+
+    def __init__(self, core: MetadataCore, clock: Clock, announce: Announce) -> None:
         self.core = core
-        self.gateway_url = gateway_url  # where absolute-form requests for other hosts go
-        self._session: aiohttp.ClientSession | None = None
         self.clock = clock
-        self.host = host
         self.announce = announce  # (instance_id, url) -> tell ECS where the view listens
         self.urls: dict[str, str] = {}
-        self._runners: dict[str, web.ServerRunner] = {}
         self._announced_at = 0
 
     async def reconcile(self) -> None:
-        """Open a listener for every instance the core serves, close the rest; when ECS has
-        (re)learnt this host, tell it again where the existing listeners are."""
+        """Open a way in for every instance the core serves, close the rest; when ECS has
+        (re)learnt this host, tell it again where the existing ones are."""
         if self.core.registered != self._announced_at:
             self._announced_at = self.core.registered
             for instance_id, url in sorted(self.urls.items()):
                 await self.announce(instance_id, url)
         wanted = self.core.serving()
-        for instance_id in sorted(wanted - self._runners.keys()):
-            await self._open(instance_id)  # announces it
-        for instance_id in sorted(self._runners.keys() - wanted):
-            await self._runners.pop(instance_id).cleanup()
-            self.urls.pop(instance_id, None)
+        for instance_id in sorted(wanted - self.urls.keys()):
+            url = await self._open(instance_id)
+            if url:
+                self.urls[instance_id] = url
+                await self.announce(instance_id, url)
+        for instance_id in sorted(self.urls.keys() - wanted):
+            del self.urls[instance_id]
+            await self._close(instance_id)
+
+    async def _open(self, instance_id: str) -> str:
+        """Open the instance's way in; its URL ("" if it cannot be opened now)."""
+        raise NotImplementedError
+
+    async def _close(self, instance_id: str) -> None:
+        raise NotImplementedError
+
+
+class Listeners(Ways):
+    def __init__(self, core: MetadataCore, clock: Clock, host: str, announce: Announce, gateway_url: str = "") -> None:
+        super().__init__(core, clock, announce)
+        self.gateway_url = gateway_url  # where absolute-form requests for other hosts go
+        self._session: aiohttp.ClientSession | None = None
+        self.host = host
+        self._runners: dict[str, web.ServerRunner] = {}
+
+    async def _close(self, instance_id: str) -> None:
+        await self._runners.pop(instance_id).cleanup()
 
     async def close(self) -> None:
         for runner in self._runners.values():
@@ -86,7 +108,7 @@ class Listeners:
         url = URL(view.endpoint_url) if view is not None and view.endpoint_url else None
         return (url.port or 0) if url is not None and url.host == self.host else 0
 
-    async def _open(self, instance_id: str) -> None:
+    async def _open(self, instance_id: str) -> str:
         async def handler(request: web.BaseRequest) -> web.Response:
             if request.method == "CONNECT":
                 return web.Response(status=405, text="CONNECT is not supported: use plain http (protocol='http')")
@@ -105,5 +127,4 @@ class Listeners:
             await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._runners[instance_id] = runner
-        self.urls[instance_id] = f"http://{self.host}:{port}"
-        await self.announce(instance_id, self.urls[instance_id])
+        return f"http://{self.host}:{port}"

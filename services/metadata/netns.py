@@ -36,7 +36,7 @@ import structlog
 from aiohttp import web
 
 from services.metadata.core import MetadataCore
-from services.metadata.http import Announce
+from services.metadata.http import Announce, Ways
 from services.runtime.clock import Clock
 
 log = structlog.get_logger("metadata.netns")
@@ -98,23 +98,19 @@ def _inside(namespace: str) -> Iterator[None]:
         os.close(home)
 
 
-class NamespaceListeners:
-    """The agent's HTTP side in namespace mode: the same interface as
-    :class:`~services.metadata.http.Listeners` (``reconcile``, ``close``, ``urls``)."""
+class NamespaceListeners(Ways):
+    """The agent's HTTP side in namespace mode: one listener at 100.100.100.200 in the metadata
+    namespace, and a namespace per instance as its way in."""
 
     def __init__(self, core: MetadataCore, clock: Clock, announce: Announce, cluster: str = "") -> None:
         why = available()
         if why:
             raise NamespaceError(why)
-        self.core = core
-        self.clock = clock
-        self.announce = announce
+        super().__init__(core, clock, announce)
         # one per host and cluster (two clusters' host-1 agents must not share one)
         self.namespace = f"rsm-{core.host_id}-{hashlib.sha256(cluster.encode()).hexdigest()[:6]}"
-        self.urls: dict[str, str] = {}
         self._wired: dict[str, tuple[str, str]] = {}  # instance -> (its namespace, its private IP)
         self._runner: web.ServerRunner | None = None
-        self._announced_at = 0
 
     async def start(self) -> None:
         _delete(self.namespace)  # one a killed agent left behind
@@ -140,24 +136,14 @@ class NamespaceListeners:
         answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
         return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
 
-    async def reconcile(self) -> None:
-        if self.core.registered != self._announced_at:
-            self._announced_at = self.core.registered
-            for instance_id, url in sorted(self.urls.items()):
-                await self.announce(instance_id, url)
-        wanted = self.core.serving()
-        for instance_id in sorted(wanted - self._wired.keys()):
-            self._wire(instance_id)
-            await self.announce(instance_id, self.urls[instance_id])
-        for instance_id in sorted(self._wired.keys() - wanted):
-            _delete(self._wired.pop(instance_id)[0])
-            self.urls.pop(instance_id, None)
+    async def _close(self, instance_id: str) -> None:
+        _delete(self._wired.pop(instance_id)[0])
 
-    def _wire(self, instance_id: str) -> None:
+    async def _open(self, instance_id: str) -> str:
         ip = self.core.views[instance_id].network.private_ip
         if any(ip == other for _, other in self._wired.values()):
             log.warning("private_ip_taken", instance_id=instance_id, private_ip=ip)  # its requests would be another's
-            return
+            return ""
         namespace = instance_namespace(instance_id)
         tag = hashlib.sha256(instance_id.encode()).hexdigest()[:10]
         outer, inner = f"rv{tag}", f"ri{tag}"
@@ -174,8 +160,8 @@ class NamespaceListeners:
         _ip("-n", self.namespace, "link", "set", outer, "up")
         _ip("-n", self.namespace, "route", "add", f"{ip}/32", "dev", outer)
         self._wired[instance_id] = (namespace, ip)
-        self.urls[instance_id] = PREFIX + namespace
         log.info("instance_namespace_ready", instance_id=instance_id, namespace=namespace, private_ip=ip)
+        return PREFIX + namespace
 
     async def close(self) -> None:
         if self._runner is not None:
