@@ -48,7 +48,7 @@ MIGRATIONS: dict[int, Sequence[str]] = {
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
-MESSAGES = "messages"  # the sealing context of outbox messages and kept replies
+MESSAGES = "messages"  # the sealing context of outbox messages and kept replies (they may carry secrets)
 
 
 class StoreError(Exception):
@@ -99,12 +99,6 @@ class Store:
         except Exception:
             raise StoreError(f"{self.path}: {table}/{key} does not open with this state key (RAMSIM_STATE_KEY changed?)") from None
 
-    def _message(self, where: str, payload: bytes, *, opening: bool = False) -> bytes:
-        """Seal (or open) an outbox message or kept reply: they may carry secrets."""
-        if opening:
-            return self._open(MESSAGES, where, payload)
-        return self._seal(MESSAGES, where, payload)
-
     # -- reading at start -----------------------------------------------------------------
     def rows(self) -> dict[str, dict[str, bytes]]:
         tables: dict[str, dict[str, bytes]] = {}
@@ -113,11 +107,11 @@ class Store:
         return tables
 
     def outbox(self) -> list[tuple[int, str, bytes]]:
-        return [(i, topic, self._message(topic, payload, opening=True))
+        return [(i, topic, self._open(MESSAGES, topic, payload))
                 for i, topic, payload in self.db.execute("SELECT id, topic, payload FROM outbox ORDER BY id")]
 
     def replies(self) -> dict[tuple[str, int], tuple[str, bytes]]:
-        return {(src, msg_id): (topic, self._message(topic, payload, opening=True)) for src, msg_id, topic, payload in
+        return {(src, msg_id): (topic, self._open(MESSAGES, topic, payload)) for src, msg_id, topic, payload in
                 self.db.execute("SELECT src, msg_id, topic, payload FROM replies ORDER BY seq")}
 
     # -- one step -------------------------------------------------------------------------
@@ -134,10 +128,10 @@ class Store:
                         self.db.execute("INSERT OR REPLACE INTO rows (tbl, key, value) VALUES (?, ?, ?)",
                                         (table, key, self._seal(table, key, value)))
             ids = [self.db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)",
-                                   (topic, self._message(topic, payload))).lastrowid for topic, payload in outbox]
+                                   (topic, self._seal(MESSAGES, topic, payload))).lastrowid for topic, payload in outbox]
             for src, msg_id, topic, payload in replies:
                 self.db.execute("INSERT OR REPLACE INTO replies (src, msg_id, topic, payload) VALUES (?, ?, ?, ?)",
-                                (src, msg_id, topic, self._message(topic, payload)))
+                                (src, msg_id, topic, self._seal(MESSAGES, topic, payload)))
             if replies:
                 self.db.execute("DELETE FROM replies WHERE seq <= (SELECT MAX(seq) FROM replies) - ?", (DEDUPE_WINDOW,))
             self._forget(sent)
