@@ -57,17 +57,19 @@ class SoakOptions:
 
 
 async def until(probe: Callable[[], Awaitable[Any]], *, timeout: float, what: str) -> Any:
-    """Await ``probe`` until it returns something truthy (exceptions count as not yet)."""
+    """Await ``probe`` until it returns something truthy (exceptions count as not yet); fail
+    after ``timeout`` seconds, naming the last error. The event loop runs meanwhile."""
     deadline = time.monotonic() + timeout
+    last: BaseException | None = None
     while True:
         try:
             value = await probe()
             if value:
                 return value
-        except Exception:  # noqa: BLE001 - a node still down answers with anything
-            pass
+        except Exception as exc:  # noqa: BLE001 - a node still down answers with anything
+            last = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
         await asyncio.sleep(0.02)
 
 

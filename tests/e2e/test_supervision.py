@@ -13,7 +13,6 @@ import os
 import signal
 import stat
 from pathlib import Path
-from typing import Awaitable, Callable, TypeVar
 
 import pytest
 
@@ -21,13 +20,13 @@ from protocol.messages.common import Ping, PingOk
 from services.cli import api, keys
 from services.cli.supervision import GiveUp, History, Restart, RestartPolicy, on_exit
 from services.cli.up import Cluster, Options, UpError, running_cluster
+from services.faults.soak import until as eventually
 from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
 from tests.e2e.conftest import load, metadata_url, ramsim_up, wait_until
 from services.cli.main import read_metadata
 
-T = TypeVar("T")
 
 
 # -- the restart policy, pure ----------------------------------------------------------------
@@ -91,23 +90,6 @@ def test_reset_deletes_only_what_ramsim_wrote(tmp_path: Path) -> None:
 
 
 # -- a running cluster -------------------------------------------------------------------------
-
-async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float, what: str) -> T:
-    """Await ``probe`` until it returns something truthy (exceptions count as not yet); fail
-    after ``timeout`` seconds. The event loop runs meanwhile, so the supervisor does too."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = await probe()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - a service still down answers with anything
-            last = exc
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
-        await asyncio.sleep(0.02)
-
 
 async def operator(cluster: Cluster, name: str) -> tuple[MqttBus, BusClient]:
     bus = await MqttBus.connect(cluster.broker_url(), f"test-supervision-{name}", persistent=False)
