@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,6 +33,18 @@ def wait_until(probe: Callable[[], T], *, timeout: float = 10.0, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    """Is ``pid`` a running process? (A zombie awaiting its parent's wait() is gone for our purposes.)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def metadata_url(cluster: Cluster, instance_id: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from services.cli import cluster
 from services.ram.policy import ECS_TRUST_POLICY
-from tests.e2e.conftest import ramsim_up, wait_until
+from tests.e2e.conftest import alive, ramsim_up, wait_until
 
 SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed" / "ram-role-for-ecs.md"
 SEED_SAMPLE = {"AccessKeyId": "STS.J8XXXXXXXXXX4", "AccessKeySecret": "9PjfXXXXXXXXXBf2XAW", "Expiration": "2017-06-09T09:17:19Z",
@@ -113,7 +113,7 @@ def test_nine_steps_with_the_cli(cluster_up) -> None:  # noqa: ANN001
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 0
     for pid in children:
-        assert not _alive(pid), f"process {pid} outlived ramsim up"
+        assert not alive(pid), f"process {pid} outlived ramsim up"
     assert not cluster_file.exists()
 
 
@@ -142,14 +142,3 @@ def test_up_without_mosquitto_says_how_to_install(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "services.cli", "up", "--state-dir", str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "apt-get install -y mosquitto" in done.stderr
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie awaiting its parent's wait() is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False

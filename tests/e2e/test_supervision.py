@@ -24,7 +24,7 @@ from services.faults.soak import until as eventually
 from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
-from tests.e2e.conftest import load, metadata_url, ramsim_up, wait_until
+from tests.e2e.conftest import alive, load, metadata_url, ramsim_up, wait_until
 from services.cli.main import read_metadata
 
 
@@ -161,17 +161,6 @@ async def test_a_killed_mosquitto_comes_back_on_its_port_and_services_reconnect(
     assert cluster.restarts == {"mosquitto": 1}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie awaiting its parent's wait() is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_ramsim_up_rides_out_a_crash_but_stops_on_a_crash_loop_leaving_no_orphans(tmp_path: Path) -> None:
     with ramsim_up(tmp_path / "state", "--instances", "0") as (proc, path):
         seen = set(load(path).services.values())
@@ -188,7 +177,7 @@ def test_ramsim_up_rides_out_a_crash_but_stops_on_a_crash_loop_leaving_no_orphan
     assert "restarting it in 3.2 s (attempt 5)" in err
     assert "ecs was killed by SIGKILL: 6 exits within 60 s is a crash loop, so the cluster stops" in err
     assert len(seen) == 7 + 5  # mosquitto, five services and an agent, and five restarted ecs
-    wait_until(lambda: not any(_alive(pid) for pid in seen), timeout=10, what="every child ever started to be gone")
+    wait_until(lambda: not any(alive(pid) for pid in seen), timeout=10, what="every child ever started to be gone")
     assert not path.exists()
 
 
