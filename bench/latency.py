@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,7 +39,7 @@ from protocol.messages.common import Ping  # noqa: E402
 from services.cli import api, cluster  # noqa: E402
 from services.runtime import logs  # noqa: E402
 from services.cli.embedded import embedded_cluster  # noqa: E402
-from services.cli.main import instances, read_metadata  # noqa: E402
+from services.cli.instances import instances, read_metadata  # noqa: E402
 from services.cli.up import Options, find_mosquitto, running_cluster  # noqa: E402
 from services.ram.policy import ECS_TRUST_POLICY  # noqa: E402
 from services.runtime.client import BusClient  # noqa: E402

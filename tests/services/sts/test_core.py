@@ -8,8 +8,6 @@ GetCallerIdentity, session expiry; and the token format (round trip, tamper evid
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import re
 
