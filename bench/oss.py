@@ -87,7 +87,7 @@ def prepare(running) -> Prepared:  # noqa: ANN001
     """Role + policy, an instance with it, its credential from metadata; bucket + 1 KiB object."""
     import oss2
 
-    from services.cli.main import instances, read_metadata
+    from services.cli.instances import instances, read_metadata
     from services.ram.policy import ECS_TRUST_POLICY
     f = running.file
     running.call("ram", "CreateRole", RoleName=ROLE, AssumeRolePolicyDocument=ECS_TRUST_POLICY)

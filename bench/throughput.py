@@ -265,7 +265,7 @@ def machine() -> str:
 # -- 1. credential GETs ------------------------------------------------------------------------
 def prepare_instance(running) -> str:
     """A role trusting ECS, an instance launched with it; the credentials URL once it serves 200."""
-    from services.cli.main import instances
+    from services.cli.instances import instances
     from services.ram.policy import ECS_TRUST_POLICY
     f = running.file
     running.call("ram", "CreateRole", RoleName=ROLE, AssumeRolePolicyDocument=ECS_TRUST_POLICY)

@@ -12,7 +12,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from services.gateway.core import VERSIONS
+from protocol.products import VERSIONS
+from services.cli.errors import CliError
 from services.runtime import signing
 
 
@@ -23,12 +24,21 @@ class Credential:
     security_token: str = ""
 
 
-class ApiError(Exception):
+class ApiError(CliError):
     """An error answer: Alibaba's Code and Message, and the HTTP status."""
 
     def __init__(self, status: int, code: str, message: str, body: dict[str, Any]) -> None:
         super().__init__(f"{code}: {message}")
         self.status, self.code, self.message, self.body = status, code, message, body
+
+    exit_status = 1
+
+    def line(self, command: str) -> str:
+        return f"ERROR: {self.code}: {self.message}" + (f" (HTTP {self.status})" if self.status else "")
+
+
+class Unreachable(CliError, OSError):
+    """Nothing answers at one of the cluster's addresses (it is not running, or not yet)."""
 
 
 def signed_query(product: str, action: str, params: Mapping[str, str], credential: Credential, method: str = "POST") -> str:
@@ -65,3 +75,6 @@ def call(endpoint: str, product: str, action: str, params: Mapping[str, str], cr
         except ValueError:
             body = {"Code": "InvalidResponse", "Message": raw.decode(errors="replace")[:200]}
         raise ApiError(exc.code, body.get("Code", "Unknown"), body.get("Message", ""), body) from None
+    except (urllib.error.URLError, OSError) as exc:  # refused, reset, timed out
+        reason = getattr(exc, "reason", exc)
+        raise Unreachable(f"cannot reach the gateway at {endpoint}: {reason}; is `ramsim up` running?") from None

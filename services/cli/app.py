@@ -316,7 +316,7 @@ async def run(options: Options, out: TextIO = sys.stdout, err: TextIO = sys.stde
 
     from services.cli import cluster
     from services.cli.broker import OPERATOR
-    from services.cli.main import instances
+    from services.cli.instances import instances
     from services.runtime.clock import ScaledClock
 
     def say(line: str) -> None:
@@ -358,8 +358,7 @@ async def run(options: Options, out: TextIO = sys.stdout, err: TextIO = sys.stde
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("app", help="run an application on an instance: OSS calls with its role's credentials",
-                       description="Run a workload 'on' an instance: credentials only from its metadata view (the "
+    p = sub.add_parser("app", description="Run a workload 'on' an instance: credentials only from its metadata view (the "
                                    "alibabacloud-credentials ECS RAM role provider), PutObject/GetObject with oss2 at a "
                                    "steady rate; every call's outcome (ok, denied, expired, error) and latency is counted "
                                    "and published on the bus (event/app/AppCallCompleted).")
@@ -381,5 +380,8 @@ def main(args: argparse.Namespace) -> int:
     if options.rate < 0 or options.duration < 0 or options.max_calls < 1 or not 0 <= options.size <= 1 << 20:
         print("ramsim app: --rate and --duration must be >= 0, --max-calls >= 1, --size 0..1048576", file=sys.stderr)
         return 2
+    from services.runtime import logs
+
+    logs.configure(level="warning")  # this process's own bus client: only problems
     return asyncio.run(run(options))
 

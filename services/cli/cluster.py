@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 
+from services.cli.errors import CliError
+
 DEFAULT_STATE_DIR = ".ramsim"
 DEFAULT_FILE = f"{DEFAULT_STATE_DIR}/cluster.json"
 
@@ -31,7 +33,7 @@ class ClusterFile(msgspec.Struct, rename="pascal", kw_only=True):
     oss_url: str = ""  # the OSS endpoint (path-style: http://127.0.0.1:<port>)
 
 
-class NoCluster(Exception):
+class NoCluster(CliError):
     """No cluster file where one was expected."""
 
 

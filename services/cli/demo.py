@@ -18,6 +18,7 @@ from typing import Any, Callable
 from services.cli import api, cluster, up
 from services.cli.embedded import embedded_cluster
 from services.ram.policy import ECS_TRUST_POLICY
+from services.runtime import logs
 
 ROLE = "MyApplicationRole"
 PASS_ROLE_POLICY = "PassMyApplicationRole"
@@ -119,7 +120,7 @@ def _oss(target: cluster.ClusterFile, token: dict[str, str], bucket_name: str, s
 
 
 def walk(target: cluster.ClusterFile, say: Callable[[str], None]) -> int:
-    from services.cli.main import instances, read_metadata
+    from services.cli.instances import instances, read_metadata
 
     s = Steps(target, say)
     region = target.region_id
@@ -222,3 +223,18 @@ def walk(target: cluster.ClusterFile, say: Callable[[str], None]) -> int:
              else f"against separate service processes over Mosquitto at {target.broker_url.split('@')[-1]}")
     say(f"\nDone: all nine steps ran {where}.")
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", description="Walk the nine steps of 'RAM role for ECS instances' against a running cluster, "
+                                           "or against a private one started for the demo when none is running.")
+    up.cluster_options(p)
+    p.add_argument("--cluster-file", type=Path, default=None,
+                   help="use this running cluster (default: $RAMSIM_CLUSTER, or .ramsim/cluster.json if its cluster is alive, else start one)")
+    p.add_argument("--embedded", action="store_true",
+                   help="run the private cluster inside this process on the in-memory bus (the default when Mosquitto is missing)")
+
+
+def main(args: Any) -> int:
+    logs.configure(level="warning")  # this process's own bus client: only problems
+    return run(args.cluster_file, up.options(args, progress=True), embedded=args.embedded)

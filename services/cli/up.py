@@ -20,6 +20,7 @@ process dies, so nothing is orphaned).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -34,11 +35,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from protocol.messages.common import Ping, PingOk
 from services.cli import api, broker, cluster, keys, supervision
+from services.cli.errors import CliError
 from services.metadata import netns
+from services.runtime import logs
 from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
@@ -51,7 +54,10 @@ INSTALL_HINT = ("Mosquitto (the MQTT broker) is not installed. Install it with\n
 LOCK_FILE = "up.lock"
 
 
-class UpError(Exception):
+PORTS = ("broker", "gateway", "oss")  # the loopback ports a cluster listens on besides its metadata views
+
+
+class UpError(CliError):
     """The cluster could not start; the message says why and what to do."""
 
 
@@ -71,6 +77,7 @@ class Options:
     ready_timeout: float = 30.0
     reset: bool = False  # delete the previous cluster's state in state_dir before starting (else it is resumed)
     metadata_mode: str = "port"  # "netns": each instance a network namespace reaching 100.100.100.200 (root)
+    ports: dict[str, int] = field(default_factory=dict)  # "broker"/"gateway"/"oss": a fixed loopback port (else kept or free)
     restart_policy: supervision.RestartPolicy = supervision.RestartPolicy()
     progress: Callable[[str], None] = field(default=lambda line: None)
 
@@ -355,21 +362,35 @@ def _cluster_keys(options: Options, state: Path) -> tuple[keys.Keys, bool]:
         if leftovers:
             raise UpError(f"{state} holds service state ({', '.join(p.name for p in leftovers)}) but no {keys.FILE}: the "
                           "secrets it was made under are lost. `ramsim up --reset` deletes it and starts a new cluster.")
-        return keys.generate(account_id=options.account_id, time_origin=time.time(), time_scale=options.time_scale,
-                             broker_port=free_port(), gateway_port=free_port(), oss_port=free_port()), False
+        new = keys.generate(account_id=options.account_id, time_origin=time.time(), time_scale=options.time_scale,
+                            broker_port=0, gateway_port=0, oss_port=0)
+        _choose_ports(new, options)
+        return new, False
     problem = keys.resume_problem(kept, account_id=options.account_id, time_scale=options.time_scale)
     if problem:
         raise UpError(f"cannot resume the cluster in {state}: {problem}; or `ramsim up --reset` to start a new one there")
     if options.time_scale > kept.time_scale:
         say(f"time scale {kept.time_scale:g} -> {options.time_scale:g}: simulated time jumps ahead")
         kept.time_scale = options.time_scale
-    for attr, what in (("broker_port", "broker"), ("gateway_port", "gateway"), ("oss_port", "oss")):
-        port = getattr(kept, attr)
-        if not port_free(port):
-            setattr(kept, attr, free_port())
-            say(f"the {what}'s previous port {port} is taken; it gets {getattr(kept, attr)}")
+    _choose_ports(kept, options)
     say(f"resuming the cluster in {state} (account {kept.account_id}); `ramsim up --reset` starts a new one")
     return kept, True
+
+
+def _choose_ports(kept: keys.Keys, options: Options) -> None:
+    """Each of the broker's, gateway's and OSS's port: the one asked for (refused when taken),
+    else the one kept from before while it is free, else any free one."""
+    for what in PORTS:
+        attr, asked, previous = f"{what}_port", options.ports.get(what, 0), getattr(kept, f"{what}_port")
+        if asked:
+            if not port_free(asked):
+                raise UpError(f"--{what}-port {asked}: 127.0.0.1:{asked} is taken by another program; free it, choose "
+                              f"another port, or leave --{what}-port out for a free one")
+            setattr(kept, attr, asked)
+        elif not previous or not port_free(previous):
+            setattr(kept, attr, free_port())
+            if previous:
+                options.progress(f"the {what}'s previous port {previous} is taken; it gets {getattr(kept, attr)}")
 
 
 def _secret_variables() -> set[str]:
@@ -523,3 +544,63 @@ async def up(options: Options) -> int:
         starting.uncancel()
         print("ramsim: interrupted while starting; stopped what had started", file=sys.stderr, flush=True)
         return 130
+
+
+def cluster_options(p: argparse.ArgumentParser) -> None:
+    """The settings of a cluster ``ramsim up`` and ``ramsim demo`` start."""
+    p.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per real second (default 1)")
+    p.add_argument("--credential-lifetime", type=int, default=3600, help="seconds an instance credential lasts (default 3600)")
+    p.add_argument("--refresh-before", type=int, default=1800, help="seconds before expiry that ECS refreshes it (default 1800)")
+
+
+def options(args: argparse.Namespace, progress: bool) -> Options:
+    """:class:`Options` from parsed ``up``/``demo`` arguments (:class:`UpError` when they cannot work)."""
+    if args.time_scale <= 0 or args.credential_lifetime <= 0 or not 0 <= args.refresh_before < args.credential_lifetime:
+        raise UpError("--time-scale and --credential-lifetime must be > 0, and --refresh-before from 0 to less than "
+                      f"--credential-lifetime ({args.credential_lifetime}): a credential is refreshed before it expires")
+    return Options(state_dir=getattr(args, "state_dir", None) or Path(cluster.DEFAULT_STATE_DIR),
+                   cluster_file=args.cluster_file, instances=getattr(args, "instances", 0),
+                   hosts=getattr(args, "hosts", 1), time_scale=args.time_scale,
+                   credential_lifetime=args.credential_lifetime, refresh_before=args.refresh_before,
+                   log_format=getattr(args, "log_format", "json"), reset=getattr(args, "reset", False),
+                   metadata_mode=getattr(args, "metadata_mode", "port"),
+                   ports={what: getattr(args, f"{what}_port", 0) or 0 for what in PORTS},
+                   progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("up", description="Start a private Mosquitto on a loopback port and every service (ram, sts, ecs, "
+                       "gateway, oss, one metadata agent per host) as its own process; wait until all answer; write the "
+                       "cluster file; run until Ctrl-C or SIGTERM, then stop everything. A process that exits meanwhile is "
+                       "restarted (backoff 0.2 s doubling to 10 s); more than 5 exits of one within 60 s is a crash loop "
+                       "that stops the cluster (exit status 1). A --state-dir a previous `ramsim up` used is resumed: same "
+                       "account, root AccessKey, keys and (when free) ports, from its keys.json (at a --time-scale no "
+                       "smaller than before: simulated time never runs backwards); --reset starts a new cluster there instead.")
+    cluster_options(p)
+    p.add_argument("--cluster-file", type=Path, default=None, help="where to write the cluster file (default <state-dir>/cluster.json)")
+    p.add_argument("--instances", type=int, default=1, help="instances to launch at start, without a role (default 1)")
+    p.add_argument("--hosts", type=int, default=1, help="simulated hosts, one metadata agent each (default 1)")
+    p.add_argument("--state-dir", type=Path, default=Path(cluster.DEFAULT_STATE_DIR),
+                   help="the cluster's state (keys.json with its secrets, 0600; each service's <node>.db; OSS objects), logs "
+                        "and generated config; one running cluster per directory (default .ramsim)")
+    p.add_argument("--reset", action="store_true",
+                   help="delete the previous cluster's state in --state-dir (keys.json, the services' databases, OSS "
+                        "objects; logs stay) and start a new cluster, with a new account")
+    for what in PORTS:
+        p.add_argument(f"--{what}-port", type=int, default=0, metavar="PORT",
+                       help=f"the {what}'s loopback port (default: the one this state dir used before, if free, else any free one)")
+    p.add_argument("--log-format", choices=("json", "console"), default="json", help="service log format (default json)")
+    p.add_argument("--metadata-mode", choices=("port", "netns"), default="port",
+                   help="port: each instance's metadata view is a loopback port (default); netns: each instance is a "
+                        "network namespace (rsi-<id>) where http://100.100.100.200 answers by source address, so an "
+                        "unmodified SDK needs no proxy: `ip netns exec rsi-<id> <app>` (needs root and iproute2)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.instances < 0 or args.hosts < 1:
+        raise UpError("--instances must be >= 0 and --hosts >= 1")
+    if not all(0 <= getattr(args, f"{what}_port") <= 65535 for what in PORTS):
+        raise UpError("a --*-port is 1-65535 (or 0: any free port)")
+    chosen = options(args, progress=True)
+    logs.configure(level="warning")  # this process's own bus client: only problems
+    return asyncio.run(up(chosen))

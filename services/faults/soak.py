@@ -199,8 +199,7 @@ async def soak(options: SoakOptions) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("soak", help="random faults for minutes against a fresh cluster, then the invariant checker",
-                       description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    p = sub.add_parser("soak", description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=5.0, help="how long to inject faults (default 5)")
     p.add_argument("--seed", type=int, default=None, help="random seed for the fault schedule (default: random, printed)")
@@ -220,4 +219,7 @@ def main(args: argparse.Namespace) -> int:
     options = SoakOptions(minutes=args.minutes, seed=seed, gap=args.gap, state_dir=args.state_dir, time_scale=args.time_scale,
                           history=args.history, say=lambda line: print(f"[soak] {line}", file=sys.stderr, flush=True))
     print(f"[soak] seed {seed}", file=sys.stderr, flush=True)
+    from services.runtime import logs
+
+    logs.configure(level="warning")  # this process's own bus client: only problems
     return asyncio.run(soak(options))

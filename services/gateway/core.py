@@ -22,15 +22,13 @@ from protocol import errors
 from protocol.base import Message
 from protocol.errors import Error, error
 from protocol.messages import common, ecs, ram, sts
+from protocol.products import VERSIONS
 from protocol.times import parse_iso
 from services.runtime import signing
 
-PRODUCTS: dict[str, tuple[str, dict[str, type[Message]]]] = {
-    "2015-05-01": ("ram", {c.__name__: c for c in ram.COMMANDS}),
-    "2015-04-01": ("sts", {c.__name__: c for c in sts.COMMANDS}),
-    "2014-05-26": ("ecs", {c.__name__: c for c in ecs.COMMANDS}),
-}
-VERSIONS = {product: version for version, (product, _) in PRODUCTS.items()}
+COMMANDS: dict[str, dict[str, type[Message]]] = {
+    product: {c.__name__: c for c in module.COMMANDS} for product, module in (("ram", ram), ("sts", sts), ("ecs", ecs))}
+PRODUCTS: dict[str, tuple[str, dict[str, type[Message]]]] = {VERSIONS[p]: (p, commands) for p, commands in COMMANDS.items()}
 SIGNATURE_PARAMS = ("AccessKeyId", "Signature", "SignatureMethod", "SignatureVersion", "SignatureNonce", "Timestamp")
 COMMON_PARAMS = frozenset({"Action", "Version", "Format", "SecurityToken", "SignatureType", "RegionId"} | set(SIGNATURE_PARAMS))
 # Message fields a client may never set: the gateway fills them in.

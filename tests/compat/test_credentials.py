@@ -14,7 +14,7 @@ from alibabacloud_credentials.provider.ecs_ram_role import EcsRamRoleCredentials
 from alibabacloud_credentials.utils import auth_util
 
 from services.cli import api, cluster
-from services.cli.main import instances, read_metadata
+from services.cli.instances import instances, read_metadata
 from tests.compat.conftest import ECS_TRUST
 from tests.e2e.conftest import ramsim_up, wait_until
 

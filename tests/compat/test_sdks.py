@@ -20,7 +20,7 @@ from alibabacloud_sts20150401.client import Client as Sts
 from Tea.exceptions import TeaException
 
 from services.cli import cluster
-from services.cli.main import instances
+from services.cli.instances import instances
 from tests.compat.conftest import ECS_TRUST, api_config, root_config
 from tests.e2e.conftest import wait_until
 
@@ -168,7 +168,7 @@ def test_legacy_core_sdk(target, monkeypatch) -> None:  # noqa: ANN001
 
 
 def _metadata_ok(proxy: str, role: str) -> bool:
-    from services.cli.main import read_metadata
+    from services.cli.instances import read_metadata
     return read_metadata(proxy, f"/latest/meta-data/ram/security-credentials/{role}")[0] == 200
 
 

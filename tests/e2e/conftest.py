@@ -15,7 +15,7 @@ from typing import AsyncIterator, Callable, Iterator, TypeVar
 import pytest
 
 from services.cli import api, cluster as cluster_file
-from services.cli.main import instances, read_metadata
+from services.cli.instances import instances, read_metadata
 from services.cli.up import Cluster, Options, running_cluster
 from services.ram.policy import ECS_TRUST_POLICY
 

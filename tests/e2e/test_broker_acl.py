@@ -27,7 +27,7 @@ from protocol.errors import Error
 from protocol.messages import common, ecs, ram, sts
 from protocol.messages.common import Ping, PingOk
 from services.cli import broker
-from services.cli.main import instances
+from services.cli.instances import instances
 from services.cli.up import Cluster
 from services.runtime.bus import BusError
 from services.runtime.client import BusClient

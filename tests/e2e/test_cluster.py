@@ -19,7 +19,7 @@ from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
 from tests.e2e.conftest import CREDENTIALS, as_session, credentials, make_role, metadata_url, wait_until
-from services.cli.main import read_metadata
+from services.cli.instances import read_metadata
 
 
 def launch(cluster: Cluster, **params: str) -> str:

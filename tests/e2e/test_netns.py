@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from services.cli.main import instances, read_metadata
+from services.cli.instances import instances, read_metadata
 from services.cli.up import Options, running_cluster
 from services.metadata import netns
 from tests.e2e.conftest import make_role, wait_until

@@ -25,7 +25,7 @@ from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
 from tests.e2e.conftest import alive, load, metadata_url, ramsim_up, wait_until
-from services.cli.main import read_metadata
+from services.cli.instances import read_metadata
 
 
 

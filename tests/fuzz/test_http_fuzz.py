@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from services.cli import api, cluster
-from services.cli.main import read_metadata
+from services.cli.instances import read_metadata
 from services.ram.policy import ECS_TRUST_POLICY
 from tests.e2e.conftest import metadata_url, ramsim_up, wait_until
 
