@@ -183,6 +183,19 @@ def idempotent(command: object) -> bool:
     return name == "Authenticate" or name.startswith(READ_PREFIXES)
 
 
+SIGNATURE_MISMATCH = "Specified signature is not matched with our calculation. server string to sign is:"
+
+
+def unauthenticated(problem: Message, credential: common.Authenticate) -> Message:
+    """RAM's or STS's refusal as Alibaba's RPC endpoints word it. A signature mismatch carries
+    the string to sign the server computed (``...server string to sign is:<string>``), both
+    schemes: SDKs compare it with their own (aliyunsdkcore turns an equal one into
+    ``InvalidAccessKeySecret``; a different one means the request was changed on its way)."""
+    if isinstance(problem, Error) and problem.code == "SignatureDoesNotMatch":
+        return msgspec.structs.replace(problem, message=SIGNATURE_MISMATCH + credential.string_to_sign)
+    return problem
+
+
 def verifier(access_key_id: str) -> str:
     """Who holds the secret of this AccessKeyId."""
     return "sts" if access_key_id.startswith("STS.") else "ram"
