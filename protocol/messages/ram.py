@@ -174,7 +174,7 @@ class ListRoles(ApiCommand):
 
 class ListRolesOk(Message):
     roles: RoleList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 
@@ -223,7 +223,7 @@ class ListUsers(ApiCommand):
 
 class ListUsersOk(Message):
     users: UserList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 
@@ -305,7 +305,7 @@ class ListGroups(ApiCommand):
 
 class ListGroupsOk(Message):
     groups: GroupList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 
@@ -343,7 +343,7 @@ class ListUsersForGroup(ApiCommand):
 
 class ListUsersForGroupOk(Message):
     users: UserList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 
@@ -384,7 +384,7 @@ class ListPolicies(ApiCommand):
 
 class ListPoliciesOk(Message):
     policies: PolicyList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 

@@ -34,7 +34,7 @@ from protocol.times import iso
 from services.ram import explain, policy
 from services.ram import directory
 from services.ram.directory import Directory, KeyRecord, Kind
-from services.runtime import signing
+from services.runtime import paging, signing
 from services.runtime.effects import Effect, Log, Publish, Reply, Send, dispatch
 
 NAME = "ram"
@@ -47,13 +47,10 @@ def _service(principal: common.Principal) -> bool:
     return principal.identity_type == "Service" and principal.arn in common.SERVICE_PRINCIPALS
 
 
-def page(items: list, marker: str, max_items: int) -> tuple[list, bool, str]:
-    """Alibaba's Marker/MaxItems paging: the marker is the index to resume from."""
-    start = int(marker) if marker.isdigit() else 0
-    size = max(1, min(max_items or 100, 1000))
-    chunk = items[start:start + size]
-    more = start + size < len(items)
-    return chunk, more, str(start + size) if more else ""
+MAX_ITEMS = 1000  # MaxItems: 1-1000, default 100 (the lists that page: ListRoles, ListUsers, ListGroups,
+# ListPolicies, ListUsersForGroup; RAM's other lists answer everything at once)
+LIST_KEYS = {"roles": ("role", lambda r: r.role_name), "users": ("user", lambda u: u.user_name),
+             "groups": ("group", lambda g: g.group_name), "policies": ("policy", lambda p: f"{p.policy_type}:{p.policy_name}")}
 
 
 @dataclass
@@ -363,10 +360,18 @@ class RamCore:
             m.SimulatePrincipalPolicy: self._simulate,
         }
 
-    def _list(self, reply: type, field: str, wrapper: type, items: list, body: object) -> Message:
-        chunk, more, marker = page(items, getattr(body, "marker", ""), getattr(body, "max_items", 100))
-        inner = {"roles": "role", "users": "user", "groups": "group", "policies": "policy"}[field]
-        return reply(**{field: wrapper(**{inner: chunk}), "is_truncated": more, "marker": marker})
+    def _list(self, reply: type, field: str, wrapper: type, items: list, body: object) -> Message | Error:
+        """One page of ``items`` (Marker/MaxItems), with IsTruncated and, when truncated, the
+        opaque Marker of the next page."""
+        max_items = getattr(body, "max_items")
+        if not 1 <= max_items <= MAX_ITEMS:
+            return error("InvalidParameter.MaxItems", f'The parameter - "MaxItems" must be 1-{MAX_ITEMS}.')
+        inner, key = LIST_KEYS[field]
+        found = paging.page(items, key, getattr(body, "marker"), max_items)
+        if found is None:
+            return error("InvalidParameter.Marker", 'The parameter - "Marker" is not a marker this list returned.')
+        chunk, marker = found
+        return reply(**{field: wrapper(**{inner: chunk}), "is_truncated": bool(marker), "marker": marker})
 
     def _attachment(self, kind: Kind, attach: bool, event: type, reply: type) -> Callable[..., Result]:
         target = {"User": "user_name", "Group": "group_name", "Role": "role_name"}[kind]
