@@ -157,7 +157,7 @@ class Gateway:
         command_type = commands.get(action)
         if command_type is None:
             return Call(name, errors.unknown_action(name, action), credential)
-        fields = {k: v for k, v in params.items() if k not in COMMON_PARAMS and k not in RESERVED}
+        fields = repeated({k: v for k, v in params.items() if k not in COMMON_PARAMS and k not in RESERVED})
         if "RegionId" in params and "region_id" in command_type.__struct_fields__:
             fields["RegionId"] = params["RegionId"]
         try:
@@ -170,6 +170,31 @@ class Gateway:
                 errors.invalid_parameter(at.group(1) if at else "?", text.split(" - at ")[0] + ".")
             return Call(name, problem, credential)
         return Call(name, command, credential)
+
+
+_REPEATED = re.compile(r"^([A-Za-z]+)\.([1-9][0-9]{0,2})(?:\.([A-Za-z]+))?$")
+
+
+def repeated(fields: dict[str, str]) -> dict[str, object]:
+    """RPC's flattened lists back into lists: ``Tag.1.Key=a&Tag.1.Value=b`` is
+    ``Tag=[{"Key": "a", "Value": "b"}]`` and ``Name.1=x`` is ``Name=["x"]`` (in N's order)."""
+    out: dict[str, object] = {}
+    lists: dict[str, dict[int, object]] = {}
+    for name, value in fields.items():
+        match = _REPEATED.match(name)
+        if match is None:
+            out[name] = value
+            continue
+        head, index, member = match.group(1), int(match.group(2)), match.group(3)
+        slot = lists.setdefault(head, {})
+        if member:
+            item = slot.setdefault(index, {})
+            if isinstance(item, dict):
+                item[member] = value
+        else:
+            slot[index] = value
+    out.update({head: [slot[i] for i in sorted(slot)] for head, slot in lists.items()})
+    return out
 
 
 READ_PREFIXES = ("Get", "List", "Describe", "Simulate")

@@ -218,3 +218,32 @@ def test_ram_lists_page_with_the_sdk(target, signature) -> None:  # noqa: ANN001
     with pytest.raises(TeaException) as refused:
         ram.list_roles(ram_models.ListRolesRequest(max_items=1001))
     assert refused.value.code == "InvalidParameter.MaxItems"
+
+
+def test_ecs_describe_confirms_hardened_mode_and_pages(target) -> None:  # noqa: ANN001
+    ecs = Ecs(root_config(target))
+    launched = ecs.run_instances(ecs_models.RunInstancesRequest(
+        region_id=target.region_id, amount=3, instance_type="ecs.g7.xlarge", description="compat",
+        tag=[ecs_models.RunInstancesRequestTag(key="team", value="compat")])).body.instance_id_sets.instance_id_set
+    hardened = launched[0]
+    ecs.modify_instance_metadata_options(ecs_models.ModifyInstanceMetadataOptionsRequest(
+        region_id=target.region_id, instance_id=hardened, http_tokens="required", http_put_response_hop_limit=2))
+    wait_until(lambda: all(i["Status"] == "Running" for i in instances(target) if i["InstanceId"] in launched), what="running")
+    [i] = ecs.describe_instances(ecs_models.DescribeInstancesRequest(region_id=target.region_id,
+                                                                     instance_ids=json.dumps([hardened]))).body.instances.instance
+    assert (i.metadata_options.http_tokens, i.metadata_options.http_endpoint, i.metadata_options.http_put_response_hop_limit) == \
+        ("required", "enabled", 2)
+    assert (i.cpu, i.memory, i.instance_network_type, i.status, i.description) == (4, 16384, "vpc", "Running", "compat")
+    assert [(t.tag_key, t.tag_value) for t in i.tags.tag] == [("team", "compat")]
+    assert i.vpc_attributes.private_ip_address.ip_address[0].startswith("172.16.")
+    assert i.network_interfaces.network_interface[0].primary_ip_address == i.vpc_attributes.private_ip_address.ip_address[0]
+    assert i.start_time.endswith("Z") and i.expired_time and i.osname
+    seen, token = [], None
+    while True:  # the NextToken loop
+        body = ecs.describe_instances(ecs_models.DescribeInstancesRequest(region_id=target.region_id, max_results=2,
+                                                                          next_token=token)).body
+        seen += [x.instance_id for x in body.instances.instance]
+        token = body.next_token
+        if not token:
+            break
+    assert set(launched) <= set(seen) and len(seen) == len(set(seen)) == body.total_count
