@@ -141,6 +141,7 @@ class DescribedInstance(Shape):
     local_storage_amount: int
     local_storage_capacity: int
     spot_strategy: str
+    spot_interruption_behavior: str
     spot_price_limit: float
     spot_duration: int
     key_pair_name: str
@@ -158,6 +159,7 @@ class RamRoleResult(Shape):
     code: str
     message: str
     success: bool
+    instance_ram_role_sets: InstanceRamRoleSets | None = None  # DetachInstanceRamRole's: the role it had
 
 
 class AttachResults(Shape):

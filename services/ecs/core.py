@@ -498,7 +498,9 @@ class EcsCore:
                 effects.append(self._push(record))
                 effects.append(Publish(topics.event(NAME, "RoleDetachedFromInstance"),
                                        m.RoleDetachedFromInstance(instance_id=instance_id, ram_role_name=detached)))
-                results.append(m.RamRoleResult(instance_id=instance_id, code="200", message="Success", success=True))
+                detached_set = m.InstanceRamRoleSets(instance_ram_role_set=[m.InstanceRamRole(instance_id=instance_id, ram_role_name=detached)])
+                results.append(m.RamRoleResult(instance_id=instance_id, code="200", message="Success", success=True,
+                                               instance_ram_role_sets=detached_set))
         failed = sum(1 for r in results if not r.success)
         reply = m.DetachInstanceRamRoleOk(total_count=len(results), fail_count=failed, ram_role_name=body.ram_role_name,
                                           detach_instance_ram_role_results=m.DetachResults(detach_instance_ram_role_result=results))

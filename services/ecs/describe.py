@@ -79,7 +79,8 @@ def described(r: "InstanceRecord") -> m.DescribedInstance:
                                            http_put_response_hop_limit=r.hop_limit, instance_metadata_tags="disabled"),
         tags=m.Tags(tag=list(r.tags)), operation_locks=m.LockReasons(lock_reason=[]), deletion_protection=False,
         device_available=True, recyclable=False, stopped_mode="Not-applicable", gpu_amount=0, gpu_spec="",
-        local_storage_amount=0, local_storage_capacity=0, spot_strategy="NoSpot", spot_price_limit=0.0, spot_duration=0,
+        local_storage_amount=0, local_storage_capacity=0, spot_strategy="NoSpot", spot_interruption_behavior="Terminate",
+        spot_price_limit=0.0, spot_duration=0,
         key_pair_name="", resource_group_id="", sale_cycle="", credit_specification="")
 
 

@@ -234,6 +234,26 @@ def render(body: Message, request_id: str, product: str) -> tuple[int, dict[str,
         if body.access_denied_detail is not None:
             shaped["AccessDeniedDetail"] = msgspec.to_builtins(body.access_denied_detail)
         return body.http_status, shaped
-    data = msgspec.to_builtins(body)
-    data.pop("type", None)
+    data = answered(body)
+    assert isinstance(data, dict)
     return 200, {"RequestId": request_id, **data}
+
+
+def answered(value: object) -> object:
+    """A reply as Alibaba's JSON: every field, defaults included (``IsTruncated: false``,
+    ``DefaultVersion: "v1"``, empty lists), except optional text never set (``""`` whose
+    default is ``""``: a context's field such as ``AttachDate``, or a ``Marker`` with nothing
+    after it) and ``None``. The bus keeps leaving defaults out (``omit_defaults``)."""
+    if isinstance(value, msgspec.Struct):
+        shown = {}
+        for f in msgspec.structs.fields(value):
+            v = getattr(value, f.name)
+            if v is None or (v == "" and f.default == ""):
+                continue
+            shown[f.encode_name] = answered(v)
+        return shown
+    if isinstance(value, (list, tuple)):
+        return [answered(v) for v in value]
+    if isinstance(value, dict):
+        return {k: answered(v) for k, v in value.items()}
+    return value

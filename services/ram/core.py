@@ -294,10 +294,12 @@ class RamCore:
                                                   role_name=b.role_name, deleted=True),
             m.ListRoles: lambda b, c, now: self._list(m.ListRolesOk, "roles", m.RoleList, [r for r, _ in d.roles.values()], b),
             # users and keys
-            m.CreateUser: lambda b, c, now: value(d.create_user(b.user_name, b.display_name, b.comments, now),
+            m.CreateUser: lambda b, c, now: value(d.create_user(b.user_name, b.display_name, b.comments, now,
+                                                                mobile_phone=b.mobile_phone, email=b.email),
                                                   lambda u: gen(m.UserCreated, m.CreateUserOk(user=u), user=u)),
             m.GetUser: lambda b, c, now: value(d.user(b.user_name), lambda u: m.GetUserOk(user=u)),
-            m.UpdateUser: lambda b, c, now: value(d.update_user(b.user_name, b.new_user_name, b.new_display_name, b.new_comments, now),
+            m.UpdateUser: lambda b, c, now: value(d.update_user(b.user_name, b.new_user_name, b.new_display_name, b.new_comments, now,
+                                                                mobile_phone=b.new_mobile_phone, email=b.new_email),
                                                   lambda u: gen(m.UserChanged, m.UpdateUserOk(user=u), user_name=b.user_name,
                                                                 new_user_name=u.user_name)),
             m.DeleteUser: lambda b, c, now: ok_or(d.delete_user(b.user_name), m.UserChanged, m.DeleteUserOk(),
@@ -329,8 +331,7 @@ class RamCore:
             # policies and versions
             m.CreatePolicy: lambda b, c, now: value(d.create_policy(b.policy_name, b.policy_document, b.description, now),
                                                     lambda p: gen(m.PolicyCreated, m.CreatePolicyOk(policy=p), policy=p)),
-            m.GetPolicy: lambda b, c, now: value(d.find_policy(b.policy_type, b.policy_name), lambda r: m.GetPolicyOk(
-                policy=r.policy, default_policy_version=d.version_shape(r, r.policy.default_version))),
+            m.GetPolicy: lambda b, c, now: value(d.find_policy(b.policy_type, b.policy_name), lambda r: self._get_policy(r)),
             m.DeletePolicy: lambda b, c, now: ok_or(d.delete_policy(b.policy_name), m.PolicyChanged, m.DeletePolicyOk(),
                                                     policy_type="Custom", policy_name=b.policy_name, deleted=True),
             m.ListPolicies: self._list_policies,
@@ -438,6 +439,10 @@ class RamCore:
                  if not body.policy_type or k[0] == body.policy_type]
         return self._list(m.ListPoliciesOk, "policies", m.PolicyList, items, body)
 
+    def _get_policy(self, record: directory.PolicyRecord) -> m.GetPolicyOk:
+        default = self.dir.version_shape(record, record.policy.default_version)
+        return m.GetPolicyOk(policy=replace(record.policy, policy_document=default.policy_document), default_policy_version=default)
+
     def _create_policy_version(self, body: m.CreatePolicyVersion, caller: common.Principal, now: float) -> Result:
         version = self.dir.create_version(body.policy_name, body.policy_document, body.set_as_default, body.rotate_strategy, now)
         if isinstance(version, Error):
@@ -456,7 +461,7 @@ class RamCore:
         return m.ListEntitiesForPolicyOk(
             users=m.UserList(user=[replace(d.users[n], attach_date=a) for n, a in found["User"]]),
             groups=m.GroupList(group=[replace(d.groups[n], attach_date=a) for n, a in found["Group"]]),
-            roles=m.RoleList(role=[d.roles[n][0] for n, _ in found["Role"]]))
+            roles=m.RoleList(role=[replace(d.roles[n][0], attach_date=a) for n, a in found["Role"]]))
 
     def _simulate(self, body: m.SimulatePrincipalPolicy, caller: common.Principal, now: float) -> Result:
         if body.principal_type == "User":

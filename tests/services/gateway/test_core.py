@@ -414,3 +414,13 @@ def test_a_restored_nonce_window_refuses_replays_and_forgets_what_can_no_longer_
     replay = restarted._fresh(stamp, "n-1", now)
     assert isinstance(replay, Error) and replay.code == "SignatureNonceUsed"
     assert restarted._fresh(stamp, "n-old", now) is None  # too old to be kept: its own request could not pass anyway
+
+
+def test_answers_show_defaults_but_not_unset_text() -> None:
+    listed = ram.ListPoliciesOk(policies=ram.PolicyList(policy=[ram.Policy(policy_name="P", policy_type="Custom")]),
+                                is_truncated=False)
+    status, data = render(listed, "RID", "ram")
+    assert status == 200 and data["IsTruncated"] is False and "Marker" not in data
+    [policy] = data["Policies"]["Policy"]  # type: ignore[index]
+    assert policy["DefaultVersion"] == "v1" and policy["AttachmentCount"] == 0 and "AttachDate" not in policy
+    assert render(ram.ListUsersOk(users=ram.UserList(), is_truncated=False), "RID", "ram")[1]["Users"] == {"User": []}

@@ -273,3 +273,12 @@ def test_a_refused_group_update_renames_nothing(core: RamCore) -> None:
     assert code(core, m.UpdateGroup(group_name="ops", new_group_name="ops2", new_comments="c" * 129)) == "InvalidParameter.NewComments.Length"
     assert ok(core, m.GetGroup(group_name="ops")).group.group_name == "ops"
     assert code(core, m.GetGroup(group_name="ops2")) == "EntityNotExist.Group"
+
+
+def test_users_keep_their_contact_data(core: RamCore) -> None:
+    user = ok(core, m.CreateUser(user_name="carol", mobile_phone="86-18600008888", email="carol@example.com")).user
+    assert (user.mobile_phone, user.email) == ("86-18600008888", "carol@example.com")
+    updated = ok(core, m.UpdateUser(user_name="carol", new_email="c@example.org")).user
+    assert (updated.mobile_phone, updated.email) == ("86-18600008888", "c@example.org")
+    assert code(core, m.CreateUser(user_name="dave", mobile_phone="18600008888")) == "InvalidParameter.MobilePhone"
+    assert code(core, m.UpdateUser(user_name="carol", new_email="no-at-sign")) == "InvalidParameter.NewEmail"
