@@ -74,11 +74,13 @@ class OssError:
 
 # OSS's ECs where its documentation names one for a code in every case ramsim answers it
 # (help.aliyun.com/zh/oss/support/<EC>); codes whose EC depends on the situation pass ``ec=``.
-EC = {"NoSuchBucket": "0015-00000101", "NoSuchKey": "0026-00000001", "SecurityTokenExpired": "0002-00000007"}
+EC = {"NoSuchBucket": "0015-00000101", "NoSuchKey": "0026-00000001", "SecurityTokenExpired": "0002-00000007",
+      "InvalidSecurityToken": "0002-00000006"}
 EC_SIGNATURE_V1, EC_SIGNATURE_V4 = "0002-00000040", "0002-00000201"
 EC_URL_EXPIRED, EC_URL_NOT_YET_VALID = "0002-00000069", "0002-00000235"
 EC_KEY_NOT_FOUND, EC_KEY_DISABLED = "0002-00000902", "0002-00000904"
 EC_EXPLICIT_DENY = "0003-00000201"
+EC_V1_SKEWED = "0002-00000504"
 
 
 def oss_error(code: str, message: str, status: int, *, ec: str = "", **extra: str) -> OssError:
@@ -315,7 +317,8 @@ def signed(req: HttpRequest, bucket: str | None, key: str, query: list[tuple[str
         if not date:
             return access_denied("Date header or x-oss-date is required.")
         if _skewed(date, wall_now):
-            return oss_error("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.", 403)
+            return oss_error("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.", 403,
+                             ec=EC_V1_SKEWED)
         return common.Authenticate(access_key_id=access_key_id, signature=signature, signature_method=signing.OSS_V1,
                                    string_to_sign=v1_string_to_sign(req.method, headers, bucket, key, query, date),
                                    security_token=headers.get("x-oss-security-token", "")), ""
