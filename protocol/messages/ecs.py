@@ -6,6 +6,8 @@ exchange between the ECS control plane and the metadata agents.
 
 from __future__ import annotations
 
+import msgspec
+
 from protocol.base import Message, Shape
 from protocol.messages.common import ApiCommand
 
@@ -27,8 +29,129 @@ class Instance(Shape):
     creation_time: str
 
 
+class Tag(Shape):
+    """An instance's tag as DescribeInstances answers it."""
+
+    tag_key: str
+    tag_value: str
+
+
+class TagParameter(Shape):
+    """RunInstances' ``Tag.N.Key`` / ``Tag.N.Value``."""
+
+    key: str
+    value: str = ""
+
+
+# -- DescribeInstances' answer: every field Alibaba's model names that ramsim knows (none has a
+# default, so none is left out of the JSON); tests/compat/omissions.toml lists the rest.
+class IpAddressSet(Shape):
+    ip_address: list[str]
+
+
+class VpcAttributes(Shape):
+    vpc_id: str
+    v_switch_id: str
+    private_ip_address: IpAddressSet
+    nat_ip_address: str
+
+
+class PrivateIpSet(Shape):
+    private_ip_address: str
+    primary: bool
+
+
+class PrivateIpSets(Shape):
+    private_ip_set: list[PrivateIpSet]
+
+
+class InstanceNetworkInterface(Shape):
+    network_interface_id: str
+    mac_address: str
+    primary_ip_address: str
+    type: str
+    private_ip_sets: PrivateIpSets
+
+
+class NetworkInterfaces(Shape):
+    network_interface: list[InstanceNetworkInterface]
+
+
+class MetadataOptions(Shape):
+    http_endpoint: str
+    http_tokens: str
+    http_put_response_hop_limit: int
+    instance_metadata_tags: str
+
+
+class Tags(Shape):
+    tag: list[Tag]
+
+
+class LockReasons(Shape):
+    lock_reason: list[str]
+
+
+class CpuOptions(Shape):
+    core_count: int
+    threads_per_core: int
+
+
+class DescribedInstance(Shape):
+    instance_id: str
+    instance_name: str
+    description: str
+    status: str
+    region_id: str
+    zone_id: str
+    instance_type: str
+    instance_type_family: str
+    cpu: int
+    memory: int  # MiB
+    cpu_options: CpuOptions
+    image_id: str
+    os_name: str = msgspec.field(name="OSName")
+    os_name_en: str = msgspec.field(name="OSNameEn")
+    os_type: str = msgspec.field(name="OSType")
+    host_name: str
+    serial_number: str
+    creation_time: str
+    start_time: str
+    expired_time: str
+    auto_release_time: str
+    instance_charge_type: str
+    internet_charge_type: str
+    internet_max_bandwidth_in: int
+    internet_max_bandwidth_out: int
+    instance_network_type: str
+    io_optimized: bool
+    vpc_attributes: VpcAttributes
+    network_interfaces: NetworkInterfaces
+    inner_ip_address: IpAddressSet
+    public_ip_address: IpAddressSet
+    metadata_options: MetadataOptions
+    tags: Tags
+    operation_locks: LockReasons
+    deletion_protection: bool
+    device_available: bool
+    recyclable: bool
+    stopped_mode: str
+    gpu_amount: int = msgspec.field(name="GPUAmount")
+    gpu_spec: str = msgspec.field(name="GPUSpec")
+    local_storage_amount: int
+    local_storage_capacity: int
+    spot_strategy: str
+    spot_interruption_behavior: str
+    spot_price_limit: float
+    spot_duration: int
+    key_pair_name: str
+    resource_group_id: str
+    sale_cycle: str
+    credit_specification: str
+
+
 class InstanceList(Shape):
-    instance: list[Instance] = []
+    instance: list[DescribedInstance] = []
 
 
 class RamRoleResult(Shape):
@@ -36,6 +159,7 @@ class RamRoleResult(Shape):
     code: str
     message: str
     success: bool
+    instance_ram_role_sets: InstanceRamRoleSets | None = None  # DetachInstanceRamRole's: the role it had
 
 
 class AttachResults(Shape):
@@ -124,6 +248,8 @@ class RunInstances(ApiCommand):
     http_tokens: str = "optional"
     http_endpoint: str = "enabled"
     user_data: str = ""
+    description: str = ""
+    tag: list[TagParameter] = []
 
 
 class RunInstancesOk(Message):
@@ -158,10 +284,20 @@ class DetachInstanceRamRoleOk(Message):
 
 
 class DescribeInstances(ApiCommand):
+    """Pages by PageNumber/PageSize, or by NextToken/MaxResults when either is given."""
+
     region_id: str
     instance_ids: str = ""
+    status: str = ""
+    zone_id: str = ""
+    instance_type: str = ""
+    instance_name: str = ""
+    vpc_id: str = ""
+    v_switch_id: str = ""
     page_number: int = 1
     page_size: int = 10
+    next_token: str = ""
+    max_results: int = 0
 
 
 class DescribeInstancesOk(Message):
@@ -169,6 +305,7 @@ class DescribeInstancesOk(Message):
     total_count: int
     page_number: int
     page_size: int
+    next_token: str  # "" on the last page (answered all the same, as Alibaba does)
 
 
 class DescribeInstanceRamRole(ApiCommand):
@@ -190,7 +327,7 @@ class ModifyInstanceMetadataOptions(ApiCommand):
     instance_id: str
     http_tokens: str = ""
     http_endpoint: str = ""
-    http_put_response_hop_limit: int = 1
+    http_put_response_hop_limit: int = 0  # 0: unchanged
 
 
 class ModifyInstanceMetadataOptionsOk(Message):

@@ -23,6 +23,7 @@ class Role(Shape):
     max_session_duration: int = 3600
     description: str = ""
     update_date: str = ""
+    attach_date: str = ""  # ListEntitiesForPolicy's
 
 
 class Policy(Shape):
@@ -34,6 +35,7 @@ class Policy(Shape):
     description: str = ""
     attach_date: str = ""
     attachment_count: int = 0
+    policy_document: str = ""  # GetPolicy's: the default version's document
 
 
 class PolicyVersion(Shape):
@@ -52,6 +54,8 @@ class User(Shape):
     update_date: str = ""
     attach_date: str = ""
     join_date: str = ""
+    mobile_phone: str = ""
+    email: str = ""
 
 
 class Group(Shape):
@@ -174,7 +178,7 @@ class ListRoles(ApiCommand):
 
 class ListRolesOk(Message):
     roles: RoleList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 
@@ -183,6 +187,8 @@ class CreateUser(ApiCommand):
     user_name: str
     display_name: str = ""
     comments: str = ""
+    mobile_phone: str = ""  # <country code>-<number>, 86-18600008888
+    email: str = ""
 
 
 class CreateUserOk(Message):
@@ -202,6 +208,8 @@ class UpdateUser(ApiCommand):
     new_user_name: str = ""
     new_display_name: str = ""
     new_comments: str = ""
+    new_mobile_phone: str = ""
+    new_email: str = ""
 
 
 class UpdateUserOk(Message):
@@ -223,7 +231,7 @@ class ListUsers(ApiCommand):
 
 class ListUsersOk(Message):
     users: UserList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 
@@ -305,7 +313,7 @@ class ListGroups(ApiCommand):
 
 class ListGroupsOk(Message):
     groups: GroupList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 
@@ -343,7 +351,7 @@ class ListUsersForGroup(ApiCommand):
 
 class ListUsersForGroupOk(Message):
     users: UserList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 
@@ -384,7 +392,7 @@ class ListPolicies(ApiCommand):
 
 class ListPoliciesOk(Message):
     policies: PolicyList
-    is_truncated: bool = False
+    is_truncated: bool  # always answered: SDK paging loops test it
     marker: str = ""
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import msgspec
 from msgspec.structs import replace
@@ -33,6 +33,7 @@ from protocol.errors import Error, error
 from protocol.messages import common, ram, sts
 from protocol.messages import ecs as m
 from protocol.times import iso, parse_iso
+from services.ecs import describe
 from services.ram import explain, policy
 from services.ram.cache import Entry, PolicyCache
 from services.runtime.effects import Effect, Log, Publish, Reply, Request, dispatch
@@ -43,6 +44,7 @@ MAX_INSTANCE_IDS = 100
 RETRY_FIRST, RETRY_CAP = 2.0, 60.0  # simulated seconds: the first retry after an STS failure, the longest wait
 RESTART_SPREAD = 0.01  # simulated seconds per overdue refresh after a restart (capped at refresh_before / 4)
 MAX_USER_DATA = 32 * 1024
+MAX_TAGS = 20
 MAX_ATTACH_POLICY = 1024  # AttachInstanceRamRole's Policy, as Alibaba documents it
 
 
@@ -86,6 +88,10 @@ class InstanceRecord:
     due_at: float | None = None  # when to (re)fetch credentials; None while a fetch is in flight
     endpoint_url: str = ""
     failures: int = 0            # AssumeRole failures in a row (for the backoff)
+    start_time: str = ""         # when it first ran (its metadata view served)
+    hop_limit: int = 1           # HttpPutResponseHopLimit
+    description: str = ""
+    tags: list[m.Tag] = field(default_factory=list)
 
 
 class EcsMeta(msgspec.Struct, frozen=True):
@@ -142,6 +148,7 @@ class EcsCore:
         self.vswitch_id = "vsw-" + ids.instance_id(entropy(20))[2:]
         self.hosts: list[str] = []
         self._next_host = 0
+        self._order: list[InstanceRecord] = []
         self._table = {
             m.RegisterHost: self._register_host,
             m.InstanceEndpointReady: self._endpoint_ready,
@@ -193,7 +200,9 @@ class EcsCore:
         meta = rows.get("meta", {}).get("ecs")
         if meta is not None:
             self.hosts, self._next_host, self.vpc_id, self.vswitch_id = list(meta.hosts), meta.next_host, meta.vpc_id, meta.vswitch_id
-        self.instances.update(rows.get("instances", {}))
+        restored = {**self.instances, **rows.get("instances", {})}
+        self.instances = dict(sorted(restored.items(), key=lambda kv: (kv[1].instance.creation_time, kv[0])))
+        self._order = []
         overdue = [r for r in self.instances.values()
                    if r.role_name and (r.due_at is None or r.due_at <= now or r.credentials is None)]
         window = min(self.refresh_before / 4, RESTART_SPREAD * len(overdue))
@@ -228,6 +237,7 @@ class EcsCore:
         record.endpoint_url = body.url
         if record.instance.status == "Pending":
             record.instance = replace(record.instance, status="Running")
+            record.start_time = iso(now)[:-4] + "Z"
             return [Log("instance_running", "info", {"instance_id": body.instance_id, "url": body.url})]
         return []
 
@@ -321,6 +331,8 @@ class EcsCore:
         problem = _metadata_options(body.http_tokens, body.http_endpoint)
         if problem is not None:
             return problem
+        if len(body.tag) > MAX_TAGS or not all(t.key for t in body.tag):
+            return errors.invalid_parameter("Tag", f"Give 1-{MAX_TAGS} tags, each with a Key.")
         if len(body.user_data) > MAX_USER_DATA:
             return error("InvalidUserData.SizeExceeded", f"The specified UserData exceeds {MAX_USER_DATA} bytes.")
         if not self.hosts:
@@ -351,7 +363,8 @@ class EcsCore:
                                     instance_type=body.instance_type, image_id=body.image_id,
                                     host_name="iZ" + instance_id[2:] + "Z", creation_time=iso(now)[:-4] + "Z"),
                 host_id=host_id, network=self._interface(), serial_number=_uuid(self._entropy(16)),
-                http_tokens=body.http_tokens, http_endpoint=body.http_endpoint, user_data=body.user_data)
+                http_tokens=body.http_tokens, http_endpoint=body.http_endpoint, user_data=body.user_data,
+                description=body.description, tags=[m.Tag(tag_key=t.key, tag_value=t.value) for t in body.tag])
             self.instances[instance_id] = record
             launched.append(instance_id)
             effects.append(self._push(record))
@@ -379,10 +392,13 @@ class EcsCore:
         problem = _metadata_options(body.http_tokens or "optional", body.http_endpoint or "enabled")
         if problem is not None:
             return problem
+        if not 0 <= body.http_put_response_hop_limit <= 64:
+            return error("InvalidHttpPutResponseHopLimit.NotSupported", "The specified HttpPutResponseHopLimit must be 1-64.")
 
         def modify(now: float) -> list[Effect]:
             record.http_tokens = body.http_tokens or record.http_tokens
             record.http_endpoint = body.http_endpoint or record.http_endpoint
+            record.hop_limit = body.http_put_response_hop_limit or record.hop_limit
             return [Reply(msg, m.ModifyInstanceMetadataOptionsOk()), self._push(record)]
 
         check = ram.Check(action="ecs:ModifyInstanceMetadataOptions", resource=self._arn(body.instance_id))
@@ -482,7 +498,9 @@ class EcsCore:
                 effects.append(self._push(record))
                 effects.append(Publish(topics.event(NAME, "RoleDetachedFromInstance"),
                                        m.RoleDetachedFromInstance(instance_id=instance_id, ram_role_name=detached)))
-                results.append(m.RamRoleResult(instance_id=instance_id, code="200", message="Success", success=True))
+                detached_set = m.InstanceRamRoleSets(instance_ram_role_set=[m.InstanceRamRole(instance_id=instance_id, ram_role_name=detached)])
+                results.append(m.RamRoleResult(instance_id=instance_id, code="200", message="Success", success=True,
+                                               instance_ram_role_sets=detached_set))
         failed = sum(1 for r in results if not r.success)
         reply = m.DetachInstanceRamRoleOk(total_count=len(results), fail_count=failed, ram_role_name=body.ram_role_name,
                                           detach_instance_ram_role_results=m.DetachResults(detach_instance_ram_role_result=results))
@@ -543,28 +561,39 @@ class EcsCore:
         return effects
 
     # -- queries --------------------------------------------------------------------------
-    def _selected(self, text: str) -> list[InstanceRecord] | Error:
+    def _selected(self, text: str) -> Sequence[InstanceRecord] | Error:
         if not text:
-            return list(self.instances.values())
+            return self._ordered()
         wanted = self._instance_ids(text)
         if isinstance(wanted, Error):
             return wanted
         return [self.instances[i] for i in wanted if i in self.instances]
 
+    def _ordered(self) -> list[InstanceRecord]:
+        """Every instance, oldest first; rebuilt only after a launch (instances are never removed),
+        so a page of 10,000 instances costs its page, not the list."""
+        if len(self._order) != len(self.instances):
+            self._order = list(self.instances.values())
+        return self._order
+
     def _describe_instances(self, msg: Envelope, now: float) -> list[Effect] | Error:
         body = msg.body
         assert isinstance(body, m.DescribeInstances)
-        if not 1 <= body.page_size <= 100 or body.page_number < 1:
-            return errors.invalid_parameter("PageSize", "PageSize must be 1-100 and PageNumber at least 1.")
+        if not 1 <= body.page_size <= describe.MAX_PAGE or body.page_number < 1:
+            return errors.invalid_parameter("PageSize", f"PageSize must be 1-{describe.MAX_PAGE} and PageNumber at least 1.")
+        if not 0 <= body.max_results <= describe.MAX_PAGE:
+            return errors.invalid_parameter("MaxResults", f"MaxResults must be 1-{describe.MAX_PAGE}.")
         selected = self._selected(body.instance_ids)
         if isinstance(selected, Error):
             return selected
+        if describe.filtered(body):
+            selected = [r for r in selected if describe.matches(body, r)]
+        answer = describe.page(body, selected)
+        if answer is None:
+            return errors.invalid_parameter("NextToken", "It is not a token this API returned.")
 
         def reply(now: float) -> list[Effect]:
-            start = (body.page_number - 1) * body.page_size
-            page = [r.instance for r in selected[start:start + body.page_size]]  # type: ignore[index]
-            return [Reply(msg, m.DescribeInstancesOk(instances=m.InstanceList(instance=page), total_count=len(selected),  # type: ignore[arg-type]
-                                                     page_number=body.page_number, page_size=body.page_size))]
+            return [Reply(msg, answer)]
 
         return self._authorize(msg, now, [ram.Check(action="ecs:DescribeInstances", resource=self._arn("*"))], reply)
 

@@ -100,7 +100,7 @@ def make_app(client: BusClient, settings: Settings, nonces: NonceLog | None = No
         if not isinstance(who, AuthenticateOk):
             log.info("request_unauthenticated", code=who.code if isinstance(who, Error) else type(who).__name__,
                      access_key_id=parsed.credential.access_key_id)
-            return respond(who, request_id, product)
+            return respond(core.unauthenticated(who, parsed.credential), request_id, product)
         if isinstance(parsed.command, Error):
             return respond(parsed.command, request_id, product)
         observed = {"acs:SourceIp": request.remote or "", "acs:SecureTransport": "true" if request.secure else "false"}

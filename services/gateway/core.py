@@ -155,7 +155,7 @@ class Gateway:
         command_type = commands.get(action)
         if command_type is None:
             return Call(name, errors.unknown_action(name, action), credential)
-        fields = {k: v for k, v in params.items() if k not in COMMON_PARAMS and k not in RESERVED}
+        fields = repeated({k: v for k, v in params.items() if k not in COMMON_PARAMS and k not in RESERVED})
         if "RegionId" in params and "region_id" in command_type.__struct_fields__:
             fields["RegionId"] = params["RegionId"]
         try:
@@ -170,6 +170,31 @@ class Gateway:
         return Call(name, command, credential)
 
 
+_REPEATED = re.compile(r"^([A-Za-z]+)\.([1-9][0-9]{0,2})(?:\.([A-Za-z]+))?$")
+
+
+def repeated(fields: dict[str, str]) -> dict[str, object]:
+    """RPC's flattened lists back into lists: ``Tag.1.Key=a&Tag.1.Value=b`` is
+    ``Tag=[{"Key": "a", "Value": "b"}]`` and ``Name.1=x`` is ``Name=["x"]`` (in N's order)."""
+    out: dict[str, object] = {}
+    lists: dict[str, dict[int, object]] = {}
+    for name, value in fields.items():
+        match = _REPEATED.match(name)
+        if match is None:
+            out[name] = value
+            continue
+        head, index, member = match.group(1), int(match.group(2)), match.group(3)
+        slot = lists.setdefault(head, {})
+        if member:
+            item = slot.setdefault(index, {})
+            if isinstance(item, dict):
+                item[member] = value
+        else:
+            slot[index] = value
+    out.update({head: [slot[i] for i in sorted(slot)] for head, slot in lists.items()})
+    return out
+
+
 READ_PREFIXES = ("Get", "List", "Describe", "Simulate")
 
 
@@ -179,6 +204,19 @@ def idempotent(command: object) -> bool:
     taken effect); the caller decides, never the gateway."""
     name = type(command).__name__
     return name == "Authenticate" or name.startswith(READ_PREFIXES)
+
+
+SIGNATURE_MISMATCH = "Specified signature is not matched with our calculation. server string to sign is:"
+
+
+def unauthenticated(problem: Message, credential: common.Authenticate) -> Message:
+    """RAM's or STS's refusal as Alibaba's RPC endpoints word it. A signature mismatch carries
+    the string to sign the server computed (``...server string to sign is:<string>``), both
+    schemes: SDKs compare it with their own (aliyunsdkcore turns an equal one into
+    ``InvalidAccessKeySecret``; a different one means the request was changed on its way)."""
+    if isinstance(problem, Error) and problem.code == "SignatureDoesNotMatch":
+        return msgspec.structs.replace(problem, message=SIGNATURE_MISMATCH + credential.string_to_sign)
+    return problem
 
 
 def verifier(access_key_id: str) -> str:
@@ -194,6 +232,26 @@ def render(body: Message, request_id: str, product: str) -> tuple[int, dict[str,
         if body.access_denied_detail is not None:
             shaped["AccessDeniedDetail"] = msgspec.to_builtins(body.access_denied_detail)
         return body.http_status, shaped
-    data = msgspec.to_builtins(body)
-    data.pop("type", None)
+    data = answered(body)
+    assert isinstance(data, dict)
     return 200, {"RequestId": request_id, **data}
+
+
+def answered(value: object) -> object:
+    """A reply as Alibaba's JSON: every field, defaults included (``IsTruncated: false``,
+    ``DefaultVersion: "v1"``, empty lists), except optional text never set (``""`` whose
+    default is ``""``: a context's field such as ``AttachDate``, or a ``Marker`` with nothing
+    after it) and ``None``. The bus keeps leaving defaults out (``omit_defaults``)."""
+    if isinstance(value, msgspec.Struct):
+        shown = {}
+        for f in msgspec.structs.fields(value):
+            v = getattr(value, f.name)
+            if v is None or (v == "" and f.default == ""):
+                continue
+            shown[f.encode_name] = answered(v)
+        return shown
+    if isinstance(value, (list, tuple)):
+        return [answered(v) for v in value]
+    if isinstance(value, dict):
+        return {k: answered(v) for k, v in value.items()}
+    return value

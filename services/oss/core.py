@@ -24,6 +24,7 @@ from protocol import topics
 from protocol.envelope import Envelope
 from protocol.errors import Error
 from protocol.messages import common, ram
+from protocol.times import iso
 from services.ram.cache import Entry, PolicyCache
 from services.runtime import signing
 from services.runtime.effects import Effect, Log, Send
@@ -61,16 +62,35 @@ OBJECT_READ_PARAMS = {"response-content-type", "response-content-language", "res
 
 @dataclass(frozen=True)
 class OssError:
-    """An OSS error document: ``<Error><Code>…</Code><Message>…</Message>…</Error>``."""
+    """An OSS error document: ``<Error><Code>…</Code><Message>…</Message>…</Error>``, and
+    ``ec``, OSS's finer error code (``<EC>`` and the ``x-oss-ec`` header; with ``RecommendDoc``)."""
 
     code: str
     message: str
     status: int
     extra: tuple[tuple[str, str], ...] = ()
+    ec: str = ""
 
 
-def oss_error(code: str, message: str, status: int, **extra: str) -> OssError:
-    return OssError(code, message, status, tuple(extra.items()))
+# OSS's ECs where its documentation names one for a code in every case ramsim answers it
+# (help.aliyun.com/zh/oss/support/<EC>); codes whose EC depends on the situation pass ``ec=``.
+EC = {"NoSuchBucket": "0015-00000101", "NoSuchKey": "0026-00000001", "SecurityTokenExpired": "0002-00000007",
+      "InvalidSecurityToken": "0002-00000006"}
+EC_SIGNATURE_V1, EC_SIGNATURE_V4 = "0002-00000040", "0002-00000201"
+EC_URL_EXPIRED, EC_URL_NOT_YET_VALID = "0002-00000069", "0002-00000235"
+EC_KEY_NOT_FOUND, EC_KEY_DISABLED = "0002-00000902", "0002-00000904"
+EC_EXPLICIT_DENY = "0003-00000201"
+EC_V1_SKEWED = "0002-00000504"
+
+
+def oss_error(code: str, message: str, status: int, *, ec: str = "", **extra: str) -> OssError:
+    return OssError(code, message, status, tuple(extra.items()), ec or EC.get(code, ""))
+
+
+def expired(expires_at: float, now: float) -> OssError:
+    """A presigned URL past its expiry: OSS names both times."""
+    return oss_error("AccessDenied", "Request has expired.", 403, ec=EC_URL_EXPIRED,
+                     Expires=iso(expires_at), ServerTime=iso(now))
 
 
 def access_denied(message: str = "You have no right to access this object because of bucket acl.") -> OssError:
@@ -104,6 +124,7 @@ class Call:
     operation: Operation
     query: dict[str, str]
     credential: common.Authenticate
+    canonical_request: str = ""  # what a V4 signature signed (shown when it does not match)
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -276,6 +297,15 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
 def credential(req: HttpRequest, bucket: str | None, key: str, query: list[tuple[str, str]],
                wall_now: float) -> common.Authenticate | OssError:
     """What the request's signature signed, to be verified by RAM or STS."""
+    found = signed(req, bucket, key, query, wall_now)
+    return found if isinstance(found, OssError) else found[0]
+
+
+Signed = tuple[common.Authenticate, str]  # the credential, and V4's canonical request ("" for V1)
+
+
+def signed(req: HttpRequest, bucket: str | None, key: str, query: list[tuple[str, str]], wall_now: float) -> Signed | OssError:
+    """:func:`credential`, with the canonical request a V4 signature signed (an error shows it)."""
     headers = req.headers
     auth = headers.get("authorization", "")
     params = dict(query)
@@ -287,10 +317,11 @@ def credential(req: HttpRequest, bucket: str | None, key: str, query: list[tuple
         if not date:
             return access_denied("Date header or x-oss-date is required.")
         if _skewed(date, wall_now):
-            return oss_error("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.", 403)
+            return oss_error("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.", 403,
+                             ec=EC_V1_SKEWED)
         return common.Authenticate(access_key_id=access_key_id, signature=signature, signature_method=signing.OSS_V1,
                                    string_to_sign=v1_string_to_sign(req.method, headers, bucket, key, query, date),
-                                   security_token=headers.get("x-oss-security-token", ""))
+                                   security_token=headers.get("x-oss-security-token", "")), ""
     if auth.startswith(signing.OSS_V4 + " "):
         return _v4_header(req, bucket, key, auth, wall_now)
     if params.get("x-oss-signature-version") == signing.OSS_V4:
@@ -300,19 +331,19 @@ def credential(req: HttpRequest, bucket: str | None, key: str, query: list[tuple
         if not expires.isdigit():
             return oss_error("InvalidArgument", "Expires is not a number.", 400, ArgumentName="Expires")
         if int(expires) < wall_now:
-            return access_denied("Request has expired.")
+            return expired(int(expires), wall_now)
         rest = [(k, v) for k, v in query if k not in ("OSSAccessKeyId", "Signature", "Expires")]
         return common.Authenticate(access_key_id=params["OSSAccessKeyId"], signature=params["Signature"],
                                    signature_method=signing.OSS_V1,
                                    string_to_sign=v1_string_to_sign(req.method, headers, bucket, key, rest, expires),
-                                   security_token=params.get("security-token", ""))
+                                   security_token=params.get("security-token", "")), ""
     if auth:
         return oss_error("InvalidArgument", "Authorization header is invalid: use OSS or OSS4-HMAC-SHA256.", 400,
                          ArgumentName="Authorization")
     return access_denied("AccessDenied: anonymous access is not allowed; sign the request.")
 
 
-def _v4_header(req: HttpRequest, bucket: str | None, key: str, auth: str, wall_now: float) -> common.Authenticate | OssError:
+def _v4_header(req: HttpRequest, bucket: str | None, key: str, auth: str, wall_now: float) -> Signed | OssError:
     fields = dict(part.strip().partition("=")[::2] for part in auth[len(signing.OSS_V4):].split(","))
     cred, signature = fields.get("Credential", ""), fields.get("Signature", "")
     access_key_id, _, scope = cred.partition("/")
@@ -329,13 +360,13 @@ def _v4_header(req: HttpRequest, bucket: str | None, key: str, auth: str, wall_n
     canonical = v4_canonical_request(req.method, req.headers, bucket, key, req.raw_query, additional)
     return common.Authenticate(access_key_id=access_key_id, signature=signature, signature_method=signing.OSS_V4,
                                string_to_sign=v4_string_to_sign(stamp, scope, canonical),
-                               security_token=req.headers.get("x-oss-security-token", ""))
+                               security_token=req.headers.get("x-oss-security-token", "")), canonical
 
 
 MAX_PRESIGN = 7 * 24 * 3600  # the longest x-oss-expires OSS accepts
 
 
-def _v4_query(req: HttpRequest, bucket: str | None, key: str, params: dict[str, str], wall_now: float) -> common.Authenticate | OssError:
+def _v4_query(req: HttpRequest, bucket: str | None, key: str, params: dict[str, str], wall_now: float) -> Signed | OssError:
     """A V4 presigned URL (alibabacloud-oss-v2 ``SignerV4._auth_query``): the credential, date,
     expiry and token are query parameters, signed with the rest of the query (all but
     ``x-oss-signature``, as they appear in the URL)."""
@@ -350,15 +381,16 @@ def _v4_query(req: HttpRequest, bucket: str | None, key: str, params: dict[str, 
     if not expires.isdigit() or not 0 < int(expires) <= MAX_PRESIGN:
         return oss_error("InvalidArgument", f"x-oss-expires must be 1-{MAX_PRESIGN} seconds.", 400, ArgumentName="x-oss-expires")
     if when - MAX_SKEW > wall_now:
-        return oss_error("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.", 403)
+        return oss_error("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.", 403,
+                         ec=EC_URL_NOT_YET_VALID)
     if when + int(expires) < wall_now:
-        return access_denied("Request has expired.")
+        return expired(when + int(expires), wall_now)
     signed_query = "&".join(p for p in req.raw_query.split("&") if p.partition("=")[0] != "x-oss-signature")
     additional = sorted(h.strip().lower() for h in params.get("x-oss-additional-headers", "").split(";") if h.strip())
     canonical = v4_canonical_request(req.method, req.headers, bucket, key, signed_query, additional)
     return common.Authenticate(access_key_id=access_key_id, signature=signature, signature_method=signing.OSS_V4,
                                string_to_sign=v4_string_to_sign(stamp, scope, canonical),
-                               security_token=params.get("x-oss-security-token", ""))
+                               security_token=params.get("x-oss-security-token", "")), canonical
 
 
 def parse(req: HttpRequest, account_id: str, wall_now: float) -> Call | OssError:
@@ -368,26 +400,37 @@ def parse(req: HttpRequest, account_id: str, wall_now: float) -> Call | OssError
     op = operation(req.method, bucket, key, dict(pairs), req.headers, account_id)
     if isinstance(op, OssError):
         return op
-    cred = credential(req, bucket, key, pairs, wall_now)
-    if isinstance(cred, OssError):
-        return cred
-    return Call(op, dict(pairs), cred)
+    found = signed(req, bucket, key, pairs, wall_now)
+    if isinstance(found, OssError):
+        return found
+    return Call(op, dict(pairs), *found)
 
 
 def verifier(access_key_id: str) -> str:
     return "sts" if access_key_id.startswith("STS.") else "ram"
 
 
-def authentication_error(problem: Error, string_to_sign: str) -> OssError:
-    """RAM's or STS's refusal, as OSS words it."""
-    code = problem.code
+def authentication_error(problem: Error, call: Call) -> OssError:
+    """RAM's or STS's refusal, as OSS words it. A signature mismatch shows what OSS signed (the
+    string to sign, its bytes, V4's canonical request) and what the caller sent, so a client can
+    tell a wrong secret from a request changed on its way."""
+    code, cred = problem.code, call.credential
     if code.startswith("InvalidAccessKeyId"):
-        message = "The OSS Access Key Id you provided is disabled." if code.endswith("Inactive") \
-            else "The OSS Access Key Id you provided does not exist in our records."
-        return oss_error("InvalidAccessKeyId", message, 403)
+        if code.endswith("Inactive"):
+            return oss_error("InvalidAccessKeyId", "The OSS Access Key Id you provided is disabled.", 403,
+                             ec=EC_KEY_DISABLED, OSSAccessKeyId=cred.access_key_id)
+        return oss_error("InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist in our records.", 403,
+                         ec=EC_KEY_NOT_FOUND, OSSAccessKeyId=cred.access_key_id)
     if code == "SignatureDoesNotMatch":
+        v4 = cred.signature_method == signing.OSS_V4
+        shown = {"OSSAccessKeyId": cred.access_key_id, "SignatureProvided": cred.signature,
+                 "StringToSign": cred.string_to_sign,
+                 "StringToSignBytes": "".join(f"{b:02X} " for b in cred.string_to_sign.encode())}
+        if v4:
+            shown["CanonicalRequest"] = call.canonical_request
         return oss_error("SignatureDoesNotMatch", "The request signature we calculated does not match the signature you "
-                         "provided. Check your key and signing method.", 403, StringToSign=string_to_sign)
+                         "provided. Check your key and signing method.", 403,
+                         ec=EC_SIGNATURE_V4 if v4 else EC_SIGNATURE_V1, **shown)
     if code == "InvalidSecurityToken.Expired":
         return oss_error("SecurityTokenExpired", "The security token you provided has expired.", 403)
     if code.startswith("InvalidSecurityToken") or code == "MissingSecurityToken":
@@ -401,6 +444,13 @@ class Verdict:
     allowed: bool
     reason: str
     action: str = ""
+    decision: str = "ImplicitDeny"  # or ExplicitDeny (RAM's Decision.decision)
+
+
+def policy_denied(verdict: Verdict) -> OssError:
+    """A request the caller's policies do not allow (an explicit Deny has its own EC)."""
+    return oss_error("AccessDenied", f"You are not authorized to do {verdict.action} on this resource: {verdict.reason}.", 403,
+                     ec=EC_EXPLICIT_DENY if verdict.decision == "ExplicitDeny" else "")
 
 
 MAX_KEYS = 10_000
@@ -499,7 +549,7 @@ class OssCore:
         for check in checks:
             decision = self.cache.decide(entry, principal, check, now)
             if not decision.allowed:
-                return Verdict(False, decision.reason, check.action)
+                return Verdict(False, decision.reason, check.action, decision.decision)
         return Verdict(True, "allowed")
 
 

@@ -40,6 +40,9 @@ def error(problem: OssError, request_id: str, host_id: str) -> bytes:
     _add(root, "HostId", host_id)
     for tag, value in problem.extra:
         _add(root, tag, value)
+    if problem.ec:
+        _add(root, "EC", problem.ec)
+        _add(root, "RecommendDoc", f"https://api.aliyun.com/troubleshoot?q={problem.ec}")
     return _doc(root)
 
 

@@ -63,7 +63,9 @@ class OssHttp:
 
     def _error(self, request: web.BaseRequest, problem: OssError, request_id: str) -> web.Response:
         body = documents.error(problem, request_id, request.host)
-        headers = {"x-oss-request-id": request_id, "x-oss-ec": "0000-00000000", "Date": _http_date(time.time())}
+        headers = {"x-oss-request-id": request_id, "Date": _http_date(time.time())}
+        if problem.ec:
+            headers["x-oss-ec"] = problem.ec
         if request.method == "HEAD":
             headers["x-oss-err"] = documents.error_header(body)
             return web.Response(status=problem.status, headers=headers)
@@ -94,8 +96,7 @@ class OssHttp:
             if not isinstance(who, AuthenticateOk):
                 code = who.code if isinstance(who, Error) else type(who).__name__
                 log.info("oss_unauthenticated", code=code, access_key_id=call.credential.access_key_id)
-                return core.authentication_error(who if isinstance(who, Error) else Error(code=code, message=""),
-                                                 call.credential.string_to_sign)
+                return core.authentication_error(who if isinstance(who, Error) else Error(code=code, message=""), call)
             self.core.remember_key(call.credential, who)
             principal = who.principal
         entry = self.core.cached(principal)
@@ -108,7 +109,7 @@ class OssHttp:
         verdict = self.core.authorize(principal, entry, op.checks, now)
         if not verdict.allowed:
             log.info("oss_access_denied", principal=principal.arn, action=verdict.action, reason=verdict.reason)
-            return core.access_denied(f"You are not authorized to do {verdict.action} on this resource: {verdict.reason}.")
+            return core.policy_denied(verdict)
         return await self._perform(request, op, call.query, principal.arn)
 
     async def _perform(self, request: web.BaseRequest, op: core.Operation, query: dict[str, str],

@@ -34,7 +34,7 @@ from protocol.times import iso
 from services.ram import explain, policy
 from services.ram import directory
 from services.ram.directory import Directory, KeyRecord, Kind
-from services.runtime import signing
+from services.runtime import paging, signing
 from services.runtime.effects import Effect, Log, Publish, Reply, Send, dispatch
 
 NAME = "ram"
@@ -47,13 +47,10 @@ def _service(principal: common.Principal) -> bool:
     return principal.identity_type == "Service" and principal.arn in common.SERVICE_PRINCIPALS
 
 
-def page(items: list, marker: str, max_items: int) -> tuple[list, bool, str]:
-    """Alibaba's Marker/MaxItems paging: the marker is the index to resume from."""
-    start = int(marker) if marker.isdigit() else 0
-    size = max(1, min(max_items or 100, 1000))
-    chunk = items[start:start + size]
-    more = start + size < len(items)
-    return chunk, more, str(start + size) if more else ""
+MAX_ITEMS = 1000  # MaxItems: 1-1000, default 100 (the lists that page: ListRoles, ListUsers, ListGroups,
+# ListPolicies, ListUsersForGroup; RAM's other lists answer everything at once)
+LIST_KEYS = {"roles": ("role", lambda r: r.role_name), "users": ("user", lambda u: u.user_name),
+             "groups": ("group", lambda g: g.group_name), "policies": ("policy", lambda p: f"{p.policy_type}:{p.policy_name}")}
 
 
 @dataclass
@@ -297,10 +294,12 @@ class RamCore:
                                                   role_name=b.role_name, deleted=True),
             m.ListRoles: lambda b, c, now: self._list(m.ListRolesOk, "roles", m.RoleList, [r for r, _ in d.roles.values()], b),
             # users and keys
-            m.CreateUser: lambda b, c, now: value(d.create_user(b.user_name, b.display_name, b.comments, now),
+            m.CreateUser: lambda b, c, now: value(d.create_user(b.user_name, b.display_name, b.comments, now,
+                                                                mobile_phone=b.mobile_phone, email=b.email),
                                                   lambda u: gen(m.UserCreated, m.CreateUserOk(user=u), user=u)),
             m.GetUser: lambda b, c, now: value(d.user(b.user_name), lambda u: m.GetUserOk(user=u)),
-            m.UpdateUser: lambda b, c, now: value(d.update_user(b.user_name, b.new_user_name, b.new_display_name, b.new_comments, now),
+            m.UpdateUser: lambda b, c, now: value(d.update_user(b.user_name, b.new_user_name, b.new_display_name, b.new_comments, now,
+                                                                mobile_phone=b.new_mobile_phone, email=b.new_email),
                                                   lambda u: gen(m.UserChanged, m.UpdateUserOk(user=u), user_name=b.user_name,
                                                                 new_user_name=u.user_name)),
             m.DeleteUser: lambda b, c, now: ok_or(d.delete_user(b.user_name), m.UserChanged, m.DeleteUserOk(),
@@ -332,8 +331,7 @@ class RamCore:
             # policies and versions
             m.CreatePolicy: lambda b, c, now: value(d.create_policy(b.policy_name, b.policy_document, b.description, now),
                                                     lambda p: gen(m.PolicyCreated, m.CreatePolicyOk(policy=p), policy=p)),
-            m.GetPolicy: lambda b, c, now: value(d.find_policy(b.policy_type, b.policy_name), lambda r: m.GetPolicyOk(
-                policy=r.policy, default_policy_version=d.version_shape(r, r.policy.default_version))),
+            m.GetPolicy: lambda b, c, now: value(d.find_policy(b.policy_type, b.policy_name), lambda r: self._get_policy(r)),
             m.DeletePolicy: lambda b, c, now: ok_or(d.delete_policy(b.policy_name), m.PolicyChanged, m.DeletePolicyOk(),
                                                     policy_type="Custom", policy_name=b.policy_name, deleted=True),
             m.ListPolicies: self._list_policies,
@@ -363,10 +361,18 @@ class RamCore:
             m.SimulatePrincipalPolicy: self._simulate,
         }
 
-    def _list(self, reply: type, field: str, wrapper: type, items: list, body: object) -> Message:
-        chunk, more, marker = page(items, getattr(body, "marker", ""), getattr(body, "max_items", 100))
-        inner = {"roles": "role", "users": "user", "groups": "group", "policies": "policy"}[field]
-        return reply(**{field: wrapper(**{inner: chunk}), "is_truncated": more, "marker": marker})
+    def _list(self, reply: type, field: str, wrapper: type, items: list, body: object) -> Message | Error:
+        """One page of ``items`` (Marker/MaxItems), with IsTruncated and, when truncated, the
+        opaque Marker of the next page."""
+        max_items = getattr(body, "max_items")
+        if not 1 <= max_items <= MAX_ITEMS:
+            return error("InvalidParameter.MaxItems", f'The parameter - "MaxItems" must be 1-{MAX_ITEMS}.')
+        inner, key = LIST_KEYS[field]
+        found = paging.page(items, key, getattr(body, "marker"), max_items)
+        if found is None:
+            return error("InvalidParameter.Marker", 'The parameter - "Marker" is not a marker this list returned.')
+        chunk, marker = found
+        return reply(**{field: wrapper(**{inner: chunk}), "is_truncated": bool(marker), "marker": marker})
 
     def _attachment(self, kind: Kind, attach: bool, event: type, reply: type) -> Callable[..., Result]:
         target = {"User": "user_name", "Group": "group_name", "Role": "role_name"}[kind]
@@ -433,6 +439,10 @@ class RamCore:
                  if not body.policy_type or k[0] == body.policy_type]
         return self._list(m.ListPoliciesOk, "policies", m.PolicyList, items, body)
 
+    def _get_policy(self, record: directory.PolicyRecord) -> m.GetPolicyOk:
+        default = self.dir.version_shape(record, record.policy.default_version)
+        return m.GetPolicyOk(policy=replace(record.policy, policy_document=default.policy_document), default_policy_version=default)
+
     def _create_policy_version(self, body: m.CreatePolicyVersion, caller: common.Principal, now: float) -> Result:
         version = self.dir.create_version(body.policy_name, body.policy_document, body.set_as_default, body.rotate_strategy, now)
         if isinstance(version, Error):
@@ -451,7 +461,7 @@ class RamCore:
         return m.ListEntitiesForPolicyOk(
             users=m.UserList(user=[replace(d.users[n], attach_date=a) for n, a in found["User"]]),
             groups=m.GroupList(group=[replace(d.groups[n], attach_date=a) for n, a in found["Group"]]),
-            roles=m.RoleList(role=[d.roles[n][0] for n, _ in found["Role"]]))
+            roles=m.RoleList(role=[replace(d.roles[n][0], attach_date=a) for n, a in found["Role"]]))
 
     def _simulate(self, body: m.SimulatePrincipalPolicy, caller: common.Principal, now: float) -> Result:
         if body.principal_type == "User":

@@ -182,31 +182,36 @@ class Directory:
         return ids.numeric_id(self.entropy(8), digits)
 
     # -- users ----------------------------------------------------------------------------------
-    def create_user(self, name: str, display_name: str, comments: str, now: float) -> m.User | Error:
+    def create_user(self, name: str, display_name: str, comments: str, now: float, *, mobile_phone: str = "",
+                    email: str = "") -> m.User | Error:
         problem = self.bad_name("User", name) or self.too_long("DisplayName", display_name, 128) or \
-            self.too_long("Comments", comments, MAX_COMMENTS) or self._limit("Users", len(self.users), "LimitExceeded.User")
+            self.too_long("Comments", comments, MAX_COMMENTS) or _bad_contact("", mobile_phone, email) or \
+            self._limit("Users", len(self.users), "LimitExceeded.User")
         if problem:
             return problem
         if name in self.users:
             return error("EntityAlreadyExists.User", "The user does already EXIST.", 409)
         user = m.User(user_id=self._new_id(), user_name=name, create_date=iso(now), update_date=iso(now),
-                      display_name=display_name or name, comments=comments)
+                      display_name=display_name or name, comments=comments, mobile_phone=mobile_phone, email=email)
         self.users[name] = user
         return user
 
     def user(self, name: str) -> m.User | Error:
         return self.users.get(name) or error("EntityNotExist.User", f"The user {name} does not exist.", 404)
 
-    def update_user(self, name: str, new_name: str, display_name: str, comments: str, now: float) -> m.User | Error:
+    def update_user(self, name: str, new_name: str, display_name: str, comments: str, now: float, *,
+                    mobile_phone: str = "", email: str = "") -> m.User | Error:
         user = self.user(name)
         if isinstance(user, Error):
             return user
         problem = self._bad_rename("User", self.users, name, new_name) or \
-            self.too_long("NewDisplayName", display_name, 128) or self.too_long("NewComments", comments, MAX_COMMENTS)
+            self.too_long("NewDisplayName", display_name, 128) or self.too_long("NewComments", comments, MAX_COMMENTS) or \
+            _bad_contact("New", mobile_phone, email)
         if problem:
             return problem
         updated = replace(user, user_name=new_name or name, display_name=display_name or user.display_name,
-                          comments=comments or user.comments, update_date=iso(now))
+                          comments=comments or user.comments, mobile_phone=mobile_phone or user.mobile_phone,
+                          email=email or user.email, update_date=iso(now))
         if new_name and new_name != name:
             self._rename("User", name, new_name)
         self.users[updated.user_name] = updated
@@ -581,3 +586,16 @@ class Directory:
                     named.append(policy.NamedPolicy(f"{a.policy_type}:{a.policy_name}", record.policy.default_version,
                                                     record.default.document))
         return named
+
+
+_MOBILE_PHONE = re.compile(r"^[0-9]{1,3}-[0-9]{4,15}$")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}$")
+
+
+def _bad_contact(prefix: str, mobile_phone: str, email: str) -> Error | None:
+    """A user's contact data as RAM takes it: ``86-18600008888``, and an address with one ``@``."""
+    if mobile_phone and not _MOBILE_PHONE.match(mobile_phone):
+        return error(f"InvalidParameter.{prefix}MobilePhone", f'The parameter - "{prefix}MobilePhone" must be <country code>-<number>.')
+    if email and not _EMAIL.match(email):
+        return error(f"InvalidParameter.{prefix}Email", f'The parameter - "{prefix}Email" is not an email address.')
+    return None

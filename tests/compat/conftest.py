@@ -52,3 +52,12 @@ def root_config(target: cluster.ClusterFile, signature: str | None = None) -> Co
 
 def state_dir(target: cluster.ClusterFile) -> Path:
     return Path(target.state_dir)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+    """The fidelity check's coverage (tests/compat/test_fidelity.py), when it ran."""
+    from tests.compat import fidelity
+    if fidelity.RESULTS:
+        terminalreporter.section("fidelity: documented response fields answered")
+        for line in fidelity.summary(fidelity.RESULTS):
+            terminalreporter.write_line(line)

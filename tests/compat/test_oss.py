@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import re
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import alibabacloud_oss_v2 as ossv2
@@ -189,15 +190,21 @@ def test_tampered_signatures_and_bad_credentials_are_refused(target) -> None:  #
     wrong = oss2.Bucket(oss2.Auth(target.access_key_id, target.access_key_secret + "x"), target.oss_url, name)
     with pytest.raises(oss2.exceptions.SignatureDoesNotMatch) as v1:
         wrong.list_objects()
-    assert v1.value.status == 403
+    shown = v1.value.details  # what OSS signed, as oss2 surfaces it: a wrong secret, not a changed request
+    assert v1.value.status == 403 and v1.value.ec == "0002-00000040" and shown["OSSAccessKeyId"] == target.access_key_id
+    assert shown["StringToSign"].startswith("GET\n") and shown["StringToSign"].endswith(f"/{name}/")
+    assert bytes.fromhex(shown["StringToSignBytes"]).decode() == shown["StringToSign"] and shown["SignatureProvided"]
+    assert shown["RecommendDoc"].endswith("0002-00000040") and shown["RequestId"] == v1.value.request_id
     wrong4 = oss2.Bucket(oss2.AuthV4(target.access_key_id, target.access_key_secret + "x"), target.oss_url, name,
                          region=target.region_id)
-    with pytest.raises(oss2.exceptions.SignatureDoesNotMatch):
+    with pytest.raises(oss2.exceptions.SignatureDoesNotMatch) as v4_oss2:
         wrong4.list_objects()
+    assert v4_oss2.value.details["StringToSign"].startswith("OSS4-HMAC-SHA256\n") and v4_oss2.value.ec == "0002-00000201"
+    assert v4_oss2.value.details["CanonicalRequest"].startswith(f"GET\n/{name}/\n")
     unknown = oss2.Bucket(oss2.Auth("LTAI" + "0" * 20, "secret"), target.oss_url, name)
     with pytest.raises(oss2.exceptions.ServerError) as no_key:
         unknown.list_objects()
-    assert no_key.value.code == "InvalidAccessKeyId" and no_key.value.status == 403
+    assert no_key.value.code == "InvalidAccessKeyId" and no_key.value.status == 403 and no_key.value.ec == "0002-00000902"
     forged = oss2.Bucket(oss2.StsAuth("STS." + "A" * 20, "secret", "CAISforged"), target.oss_url, name)
     with pytest.raises(oss2.exceptions.ServerError) as token:
         forged.list_objects()
@@ -212,7 +219,11 @@ def test_tampered_signatures_and_bad_credentials_are_refused(target) -> None:  #
     v2 = v2_client(target, ossv2.credentials.StaticCredentialsProvider(target.access_key_id, target.access_key_secret + "x"))
     with pytest.raises(ossv2.exceptions.OperationError) as v4:
         v2.list_objects_v2(ossv2.ListObjectsV2Request(bucket=name))
-    assert v4.value.unwrap().code == "SignatureDoesNotMatch"
+    refused = v4.value.unwrap()
+    assert refused.code == "SignatureDoesNotMatch" and refused.ec == "0002-00000201" and refused.headers["x-oss-ec"] == refused.ec
+    assert refused.error_fileds["StringToSign"].startswith("OSS4-HMAC-SHA256\n")
+    assert refused.error_fileds["CanonicalRequest"].startswith(f"GET\n/{name}/\n")
+    assert refused.error_fileds["OSSAccessKeyId"] == target.access_key_id
 
 
 def test_bad_names_missing_objects_and_malformed_xml(target) -> None:  # noqa: ANN001
@@ -333,7 +344,12 @@ def test_v4_presigned_urls_of_oss_v2_work_until_they_expire(target) -> None:  # 
     longer = re.sub(r"x-oss-expires=\d+", "x-oss-expires=3600", get.url)
     assert longer != get.url and _fetch(longer)[0] == 403  # and its own lifetime
     expired = wait_until(lambda: _fetch(get.url)[0] == 403 and _fetch(get.url), timeout=10, what="the URL to expire")
-    assert b"<Code>AccessDenied</Code>" in expired[1] and b"expired" in expired[1]
+    doc = ET.fromstring(expired[1])
+    assert (doc.findtext("Code"), doc.findtext("Message"), doc.findtext("EC")) == ("AccessDenied", "Request has expired.", "0002-00000069")
+    signed_at = datetime.datetime.strptime(re.search(r"x-oss-date=(\w+)", get.url).group(1), "%Y%m%dT%H%M%SZ")
+    lifetime = datetime.timedelta(seconds=int(re.search(r"x-oss-expires=(\d+)", get.url).group(1)))
+    assert doc.findtext("Expires") == (signed_at + lifetime).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert doc.findtext("ServerTime") >= doc.findtext("Expires")
 
 
 def test_presigned_urls_work_until_they_expire(target) -> None:  # noqa: ANN001
@@ -359,6 +375,12 @@ def test_presigned_urls_work_until_they_expire(target) -> None:  # noqa: ANN001
                               what="the presigned URL to expire")
     assert time.time() >= signed_at + lifetime - 1
     assert status == 403 and b"<Code>AccessDenied</Code>" in body and b"expired" in body
+    with pytest.raises(oss2.exceptions.AccessDenied) as late:  # as oss2 reads it: the URL's expiry and the server's time
+        bucket.get_object_with_url(url)
+    expires = datetime.datetime.fromtimestamp(int(re.search(r"Expires=(\d+)", url).group(1)), datetime.timezone.utc)
+    assert late.value.details["Expires"] == expires.strftime("%Y-%m-%dT%H:%M:%SZ") and late.value.ec == "0002-00000069"
+    assert late.value.details["ServerTime"] >= late.value.details["Expires"]
+    assert late.value.headers["x-oss-ec"] == "0002-00000069"
     status, body = _fetch(put_url, "PUT", b"too late", "text/plain")
     assert status == 403 and bucket.get_object("uploaded.txt").read() == b"via presigned PUT"
 

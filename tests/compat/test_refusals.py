@@ -16,6 +16,7 @@ from alibabacloud_ram20150501.client import Client as Ram
 from Tea.exceptions import TeaException
 
 from services.cli import api, cluster
+from services.gateway import core as gateway
 from services.runtime import signing
 from tests.compat.conftest import api_config, root_config
 
@@ -79,6 +80,38 @@ def test_tampered_signatures(target) -> None:  # noqa: ANN001
     url, headers = v3(target)
     headers["Authorization"] = headers["Authorization"].replace("x-acs-date;", "")  # a header left unsigned
     assert send(url, headers)[1]["Code"] == "IncompleteSignature"
+
+
+def test_a_mismatch_names_the_servers_string_to_sign(target) -> None:  # noqa: ANN001
+    url = v1(target, secret="not-the-secret")
+    query = urllib.parse.parse_qsl(url.split("?", 1)[1], keep_blank_values=True)
+    status, body = send(url)
+    assert (status, body["Code"]) == (400, "SignatureDoesNotMatch")
+    assert body["Message"] == gateway.SIGNATURE_MISMATCH + signing.rpc_string_to_sign("POST", query)
+    url, headers = v3(target, secret="not-the-secret")
+    canonical = signing.acs3_canonical_request("POST", "/", [], {k.lower(): v for k, v in headers.items()},
+                                               [h for h in headers if h != "Authorization"], signing.EMPTY_SHA256)
+    assert send(url, headers)[1]["Message"] == gateway.SIGNATURE_MISMATCH + signing.acs3_string_to_sign(canonical)
+
+
+def test_a_wrong_secret_is_named_by_each_sdk(target) -> None:  # noqa: ANN001
+    from aliyunsdkcore.acs_exception.exceptions import ServerException
+    from aliyunsdkcore.client import AcsClient
+    from aliyunsdkcore.request import RpcRequest
+    # A product SDK's request (aliyun-python-sdk-sts's GetCallerIdentityRequest is this RpcRequest);
+    # a CommonRequest keeps no string to sign of its own, so the SDK cannot compare it.
+    request = RpcRequest("Sts", "2015-04-01", "GetCallerIdentity")
+    request.set_endpoint(target.gateway_url.split("//", 1)[1])
+    request.set_protocol_type("http")
+    with pytest.raises(ServerException) as legacy:  # it compares the server's string to sign with its own
+        AcsClient(target.access_key_id, "not-the-secret", target.region_id).do_action_with_exception(request)
+    assert legacy.value.get_error_code() == "InvalidAccessKeySecret" and legacy.value.get_http_status() == 400
+    for signature, string_to_sign in ((None, "ACS3-HMAC-SHA256\n"), ("v2", "POST&%2F&AccessKeyId%3D")):
+        config = api_config(target, signature=signature, access_key_id=target.access_key_id, access_key_secret="not-the-secret")
+        with pytest.raises(TeaException) as tea:
+            Ram(config).get_role(ram_models.GetRoleRequest(role_name="Any"))
+        assert tea.value.code == "SignatureDoesNotMatch" and tea.value.statusCode == 400
+        assert (gateway.SIGNATURE_MISMATCH + string_to_sign) in tea.value.message
 
 
 def test_replayed_nonces(target) -> None:  # noqa: ANN001

@@ -178,3 +178,72 @@ def _try(fetch):  # noqa: ANN001, ANN202
     except Exception:  # noqa: BLE001 - not there yet
         time.sleep(0.05)
         return None
+
+
+def _walk(list_page, request, items) -> tuple[list[str], int]:  # noqa: ANN001
+    """The pagination loop a user writes: ask again with the Marker while IsTruncated."""
+    names, pages = [], 0
+    while True:
+        body = list_page(request).body
+        pages += 1
+        names += items(body)
+        assert body.is_truncated in (True, False)  # always answered, never None
+        if not body.is_truncated:
+            return names, pages
+        request.marker = body.marker
+
+
+@pytest.mark.parametrize("signature", SIGNATURES)
+def test_ram_lists_page_with_the_sdk(target, signature) -> None:  # noqa: ANN001
+    ram = Ram(root_config(target, signature))
+    prefix = unique("Paged")
+    created = [f"{prefix}-{i}" for i in range(7)]
+    group = unique("grp")
+    ram.create_group(ram_models.CreateGroupRequest(group_name=group))
+    for name in created:
+        ram.create_role(ram_models.CreateRoleRequest(role_name=name, assume_role_policy_document=ECS_TRUST))
+        ram.create_user(ram_models.CreateUserRequest(user_name=name))
+        ram.add_user_to_group(ram_models.AddUserToGroupRequest(user_name=name, group_name=group))
+    total = len(ram.list_roles(ram_models.ListRolesRequest(max_items=1000)).body.roles.role)
+    roles, pages = _walk(ram.list_roles, ram_models.ListRolesRequest(max_items=3), lambda b: [r.role_name for r in b.roles.role])
+    assert len(roles) == len(set(roles)) == total and set(created) <= set(roles) and pages == -(-total // 3)
+    users, _ = _walk(ram.list_users, ram_models.ListUsersRequest(max_items=2), lambda b: [u.user_name for u in b.users.user])
+    assert set(created) <= set(users) and len(users) == len(set(users))
+    members, pages = _walk(ram.list_users_for_group, ram_models.ListUsersForGroupRequest(group_name=group, max_items=3),
+                           lambda b: [u.user_name for u in b.users.user])
+    assert members == created and pages == 3
+    policies, _ = _walk(ram.list_policies, ram_models.ListPoliciesRequest(policy_type="System", max_items=2),
+                        lambda b: [p.policy_name for p in b.policies.policy])
+    assert "AdministratorAccess" in policies and len(policies) == len(set(policies))
+    with pytest.raises(TeaException) as refused:
+        ram.list_roles(ram_models.ListRolesRequest(max_items=1001))
+    assert refused.value.code == "InvalidParameter.MaxItems"
+
+
+def test_ecs_describe_confirms_hardened_mode_and_pages(target) -> None:  # noqa: ANN001
+    ecs = Ecs(root_config(target))
+    launched = ecs.run_instances(ecs_models.RunInstancesRequest(
+        region_id=target.region_id, amount=3, instance_type="ecs.g7.xlarge", description="compat",
+        tag=[ecs_models.RunInstancesRequestTag(key="team", value="compat")])).body.instance_id_sets.instance_id_set
+    hardened = launched[0]
+    ecs.modify_instance_metadata_options(ecs_models.ModifyInstanceMetadataOptionsRequest(
+        region_id=target.region_id, instance_id=hardened, http_tokens="required", http_put_response_hop_limit=2))
+    wait_until(lambda: all(i["Status"] == "Running" for i in instances(target) if i["InstanceId"] in launched), what="running")
+    [i] = ecs.describe_instances(ecs_models.DescribeInstancesRequest(region_id=target.region_id,
+                                                                     instance_ids=json.dumps([hardened]))).body.instances.instance
+    assert (i.metadata_options.http_tokens, i.metadata_options.http_endpoint, i.metadata_options.http_put_response_hop_limit) == \
+        ("required", "enabled", 2)
+    assert (i.cpu, i.memory, i.instance_network_type, i.status, i.description) == (4, 16384, "vpc", "Running", "compat")
+    assert [(t.tag_key, t.tag_value) for t in i.tags.tag] == [("team", "compat")]
+    assert i.vpc_attributes.private_ip_address.ip_address[0].startswith("172.16.")
+    assert i.network_interfaces.network_interface[0].primary_ip_address == i.vpc_attributes.private_ip_address.ip_address[0]
+    assert i.start_time.endswith("Z") and i.expired_time and i.osname
+    seen, token = [], None
+    while True:  # the NextToken loop
+        body = ecs.describe_instances(ecs_models.DescribeInstancesRequest(region_id=target.region_id, max_results=2,
+                                                                          next_token=token)).body
+        seen += [x.instance_id for x in body.instances.instance]
+        token = body.next_token
+        if not token:
+            break
+    assert set(launched) <= set(seen) and len(seen) == len(set(seen)) == body.total_count

@@ -807,3 +807,56 @@ def test_instance_creation_time_is_alibaba_minutes_format(h: Harness) -> None:
     h.register()
     [instance_id] = h.launch()
     assert h.core.instances[instance_id].instance.creation_time == "2023-11-14T22:13Z"  # T0, to the minute
+
+
+def test_describe_instances_says_what_a_user_checks(h: Harness) -> None:
+    h.register()
+    [instance_id] = reply(h.call(m.RunInstances(region_id=REGION, instance_type="ecs.c7.2xlarge", description="web",
+                                                tag=[m.TagParameter(key="env", value="prod")], caller=root()))
+                          ).instance_id_sets.instance_id_set  # type: ignore[union-attr]
+    h.ready(instance_id)
+    h.call(m.ModifyInstanceMetadataOptions(region_id=REGION, instance_id=instance_id, http_tokens="required",
+                                           http_put_response_hop_limit=2, caller=root()))
+    ok = reply(h.call(m.DescribeInstances(region_id=REGION, caller=root())))
+    assert isinstance(ok, m.DescribeInstancesOk)
+    [i] = ok.instances.instance
+    options = i.metadata_options
+    assert (options.http_tokens, options.http_endpoint, options.http_put_response_hop_limit) == ("required", "enabled", 2)
+    assert (i.cpu, i.memory, i.instance_type_family, i.description) == (8, 16384, "ecs.c7", "web")
+    assert [(t.tag_key, t.tag_value) for t in i.tags.tag] == [("env", "prod")]
+    view = h.core.view(h.core.instances[instance_id])
+    assert i.vpc_attributes.private_ip_address.ip_address == [view.network.private_ip]
+    assert i.network_interfaces.network_interface[0].mac_address == view.network.mac
+    assert i.instance_network_type == "vpc" and i.start_time.endswith("Z") and i.os_type == "linux"
+    wire = msgspec.json.decode(msgspec.json.encode(ok))
+    assert {"OSName", "GPUAmount", "NextToken"} <= set(wire["Instances"]["Instance"][0]) | set(wire)
+    assert wire["Instances"]["Instance"][0]["VpcAttributes"]["VSwitchId"] == view.network.vswitch_id
+    assert wire["Instances"]["Instance"][0]["PublicIpAddress"] == {"IpAddress": []}  # empty, but answered
+
+
+def test_describe_instances_pages_by_token(h: Harness) -> None:
+    h.register()
+    launched = h.launch(amount=5)
+    seen, token, pages = [], "", 0
+    while True:
+        ok = reply(h.call(m.DescribeInstances(region_id=REGION, max_results=2, next_token=token, caller=root())))
+        assert isinstance(ok, m.DescribeInstancesOk) and ok.total_count == 5
+        seen += [i.instance_id for i in ok.instances.instance]
+        pages, token = pages + 1, ok.next_token
+        if not token:
+            break
+    assert seen == launched and pages == 3
+    assert error_of(h.call(m.DescribeInstances(region_id=REGION, next_token="i-guessed", caller=root()))).code == "InvalidParameter"
+    assert error_of(h.call(m.DescribeInstances(region_id=REGION, max_results=101, caller=root()))).code == "InvalidParameter"
+    numbered = reply(h.call(m.DescribeInstances(region_id=REGION, page_size=2, page_number=3, caller=root())))
+    assert [i.instance_id for i in numbered.instances.instance] == launched[4:] and numbered.next_token == ""  # type: ignore[union-attr]
+
+
+def test_describe_instances_filters(h: Harness) -> None:
+    h.register()
+    a, b = h.launch(amount=2)
+    h.ready(a)
+    running = reply(h.call(m.DescribeInstances(region_id=REGION, status="Running", caller=root())))
+    assert [i.instance_id for i in running.instances.instance] == [a] and running.total_count == 1  # type: ignore[union-attr]
+    none = reply(h.call(m.DescribeInstances(region_id=REGION, vpc_id="vpc-other", caller=root())))
+    assert none.total_count == 0  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from protocol.messages.common import Authenticate
 from protocol.times import parse_iso
 from services.cli.api import Credential, signed_query
 from services.gateway import core
-from services.gateway.core import Call, Gateway, HttpCall, render, verifier
+from services.gateway.core import Call, Gateway, HttpCall, render, repeated, verifier
 from services.runtime import signing
 from tests.helpers import ACCOUNT, root
 
@@ -99,6 +99,16 @@ def test_product_by_version_and_typed_fields(product: str, action: str, params: 
 def test_numbers_are_converted() -> None:
     run = command(parse(signed("ecs", "RunInstances", {"RegionId": "cn-hangzhou", "Amount": "2"})))
     assert isinstance(run, ecs.RunInstances) and run.amount == 2 and isinstance(run.amount, int)
+
+
+def test_flattened_lists_are_lists_again() -> None:
+    run = command(parse(signed("ecs", "RunInstances", {"RegionId": "cn-hangzhou", "Tag.2.Key": "team", "Tag.2.Value": "b",
+                                                       "Tag.1.Key": "env", "Tag.10.Key": "last"})))
+    assert isinstance(run, ecs.RunInstances)
+    assert [(t.key, t.value) for t in run.tag] == [("env", ""), ("team", "b"), ("last", "")]
+    assert repeated({"Name.2": "y", "Name.1": "x", "Plain": "p", "Odd.0": "kept"}) == {"Plain": "p", "Odd.0": "kept", "Name": ["x", "y"]}
+    bad = parse(signed("ecs", "RunInstances", {"RegionId": "cn-hangzhou", "Tag.1": "not-an-object"}))
+    assert isinstance(bad, Call) and isinstance(bad.command, Error) and bad.command.code == "InvalidParameter"
 
 
 def test_region_id_is_kept_only_for_commands_that_have_one() -> None:
@@ -404,3 +414,13 @@ def test_a_restored_nonce_window_refuses_replays_and_forgets_what_can_no_longer_
     replay = restarted._fresh(stamp, "n-1", now)
     assert isinstance(replay, Error) and replay.code == "SignatureNonceUsed"
     assert restarted._fresh(stamp, "n-old", now) is None  # too old to be kept: its own request could not pass anyway
+
+
+def test_answers_show_defaults_but_not_unset_text() -> None:
+    listed = ram.ListPoliciesOk(policies=ram.PolicyList(policy=[ram.Policy(policy_name="P", policy_type="Custom")]),
+                                is_truncated=False)
+    status, data = render(listed, "RID", "ram")
+    assert status == 200 and data["IsTruncated"] is False and "Marker" not in data
+    [policy] = data["Policies"]["Policy"]  # type: ignore[index]
+    assert policy["DefaultVersion"] == "v1" and policy["AttachmentCount"] == 0 and "AttachDate" not in policy
+    assert render(ram.ListUsersOk(users=ram.UserList(), is_truncated=False), "RID", "ram")[1]["Users"] == {"User": []}

@@ -229,8 +229,30 @@ def test_ranges() -> None:
 def test_error_document_shape() -> None:
     doc = ET.fromstring(documents.error(core.oss_error("NoSuchKey", "The specified key does not exist.", 404, Key="k"),
                                         "ABC", "b.host"))
-    assert [c.tag for c in doc] == ["Code", "Message", "RequestId", "HostId", "Key"]
+    assert [c.tag for c in doc] == ["Code", "Message", "RequestId", "HostId", "Key", "EC", "RecommendDoc"]
     assert doc.findtext("Code") == "NoSuchKey" and doc.findtext("RequestId") == "ABC"
+    assert doc.findtext("EC") == "0026-00000001"
+    assert doc.findtext("RecommendDoc") == "https://api.aliyun.com/troubleshoot?q=0026-00000001"
+    undocumented = ET.fromstring(documents.error(core.oss_error("MalformedXML", "m", 400), "ABC", "b.host"))
+    assert undocumented.find("EC") is None  # no EC is invented
+
+
+def test_expired_and_mismatch_documents() -> None:
+    doc = ET.fromstring(documents.error(core.expired(1_700_000_000, 1_700_000_061), "ABC", "b.host"))
+    assert (doc.findtext("Code"), doc.findtext("Message")) == ("AccessDenied", "Request has expired.")
+    assert (doc.findtext("Expires"), doc.findtext("ServerTime")) == ("2023-11-14T22:13:20Z", "2023-11-14T22:14:21Z")
+    assert doc.findtext("EC") == core.EC_URL_EXPIRED
+    from protocol.errors import error
+    v1 = common.Authenticate(access_key_id="LTAIk", signature="c2ln", string_to_sign="GET\n\n\nd\n/b/k",
+                             signature_method=signing.OSS_V1)
+    problem = core.authentication_error(error("SignatureDoesNotMatch", "m"), core.Call(core.Operation("GetObject"), {}, v1))
+    shown = dict(problem.extra)
+    assert (shown["OSSAccessKeyId"], shown["SignatureProvided"], shown["StringToSign"]) == ("LTAIk", "c2ln", v1.string_to_sign)
+    assert shown["StringToSignBytes"].startswith("47 45 54 0A ") and "CanonicalRequest" not in shown
+    assert problem.ec == core.EC_SIGNATURE_V1
+    v4 = msgspec.structs.replace(v1, signature_method=signing.OSS_V4)
+    problem = core.authentication_error(error("SignatureDoesNotMatch", "m"), core.Call(core.Operation("GetObject"), {}, v4, "GET\n/b/k"))
+    assert dict(problem.extra)["CanonicalRequest"] == "GET\n/b/k" and problem.ec == core.EC_SIGNATURE_V4
 
 
 def test_documents_parse_with_oss2() -> None:
@@ -309,7 +331,8 @@ def test_verifier_and_authentication_errors() -> None:
              "InvalidSecurityToken.Expired": "SecurityTokenExpired", "InvalidSecurityToken.Malformed": "InvalidSecurityToken",
              "MissingSecurityToken": "InvalidSecurityToken"}
     for code, expected in cases.items():
-        problem = core.authentication_error(error(code, "m"), "sts")
+        call = core.Call(core.Operation("GetObject"), {}, common.Authenticate(access_key_id="LTAIk", signature="s", string_to_sign="sts"))
+        problem = core.authentication_error(error(code, "m"), call)
         assert problem.code == expected and problem.status == 403
 
 

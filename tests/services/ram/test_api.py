@@ -4,6 +4,8 @@ before replies, effective policies and explanations. Explicit time; no I/O."""
 
 from __future__ import annotations
 
+import msgspec
+
 import json
 
 import pytest
@@ -172,7 +174,14 @@ def test_listing_pages_with_marker(core: RamCore) -> None:
     first = ok(core, m.ListUsers(max_items=2))
     assert [u.user_name for u in first.users.user] == ["u0", "u1"] and first.is_truncated
     rest = ok(core, m.ListUsers(marker=first.marker, max_items=10))
-    assert [u.user_name for u in rest.users.user] == ["u2", "u3", "u4"] and not rest.is_truncated
+    assert [u.user_name for u in rest.users.user] == ["u2", "u3", "u4"] and not rest.is_truncated and not rest.marker
+    assert b'"IsTruncated":false' in msgspec.json.encode(rest)  # answered even when false: SDK loops test it
+    second = ok(core, m.ListUsers(marker=first.marker, max_items=2))
+    ok(core, m.DeleteUser(user_name="u0"))  # the list changes between pages: nothing still there is skipped
+    assert [u.user_name for u in ok(core, m.ListUsers(marker=second.marker)).users.user] == ["u4"]
+    assert code(core, m.ListUsers(marker="3")) == "InvalidParameter.Marker"  # opaque: not an index to guess
+    assert code(core, m.ListUsers(max_items=1001)) == code(core, m.ListUsers(max_items=0)) == "InvalidParameter.MaxItems"
+    assert len(ok(core, m.ListUsers(max_items=1000)).users.user) == 4
     system = ok(core, m.ListPolicies(policy_type="System")).policies.policy
     assert {"AdministratorAccess", "ReadOnlyAccess", "AliyunECSFullAccess", "AliyunOSSFullAccess", "AliyunOSSReadOnlyAccess",
             "AliyunSTSAssumeRoleAccess", "AliyunRAMFullAccess"} <= {p.policy_name for p in system}
@@ -264,3 +273,12 @@ def test_a_refused_group_update_renames_nothing(core: RamCore) -> None:
     assert code(core, m.UpdateGroup(group_name="ops", new_group_name="ops2", new_comments="c" * 129)) == "InvalidParameter.NewComments.Length"
     assert ok(core, m.GetGroup(group_name="ops")).group.group_name == "ops"
     assert code(core, m.GetGroup(group_name="ops2")) == "EntityNotExist.Group"
+
+
+def test_users_keep_their_contact_data(core: RamCore) -> None:
+    user = ok(core, m.CreateUser(user_name="carol", mobile_phone="86-18600008888", email="carol@example.com")).user
+    assert (user.mobile_phone, user.email) == ("86-18600008888", "carol@example.com")
+    updated = ok(core, m.UpdateUser(user_name="carol", new_email="c@example.org")).user
+    assert (updated.mobile_phone, updated.email) == ("86-18600008888", "c@example.org")
+    assert code(core, m.CreateUser(user_name="dave", mobile_phone="18600008888")) == "InvalidParameter.MobilePhone"
+    assert code(core, m.UpdateUser(user_name="carol", new_email="no-at-sign")) == "InvalidParameter.NewEmail"
