@@ -58,6 +58,13 @@ class Ways:
             del self.urls[instance_id]
             await self._close(instance_id)
 
+    def answer(self, instance_id: str, request: web.BaseRequest) -> web.Response:
+        """The core's answer to ``request`` for ``instance_id`` (logging what the core asks to)."""
+        answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
+        if answer.log is not None:
+            getattr(log, answer.log.level)(answer.log.event, **answer.log.fields)
+        return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+
     async def _open(self, instance_id: str) -> str:
         """Open the instance's way in; its URL ("" if it cannot be opened now)."""
         raise NotImplementedError
@@ -114,8 +121,7 @@ class Listeners(Ways):
                 return web.Response(status=405, text="CONNECT is not supported: use plain http (protocol='http')")
             if request.raw_path.startswith("http://") and request.host.split(":")[0] != METADATA_HOST:
                 return await self.forward(request)
-            answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
-            return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+            return self.answer(instance_id, request)
 
         runner = web.ServerRunner(web.Server(handler), access_log=None)
         await runner.setup()

@@ -133,8 +133,7 @@ class NamespaceListeners(Ways):
         instance_id = next((i for i, (_, ip) in self._wired.items() if ip == source), None)
         if instance_id is None:
             return web.Response(status=403, text="Forbidden: no instance has this source address")
-        answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
-        return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+        return self.answer(instance_id, request)
 
     async def _close(self, instance_id: str) -> None:
         _delete(self._wired.pop(instance_id)[0])
