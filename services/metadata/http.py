@@ -12,6 +12,7 @@ core; this module only moves bytes.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Awaitable, Callable
 
 import aiohttp
@@ -21,12 +22,23 @@ from yarl import URL
 
 from services.metadata.core import MetadataCore
 from services.runtime.clock import Clock
+from services.runtime.refusals import RefusingServer
 
 Announce = Callable[[str, str], Awaitable[None]]
 METADATA_HOST = "100.100.100.200"
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
                         "transfer-encoding", "upgrade", "content-length"})
 log = structlog.get_logger("metadata.http")
+
+
+def refused(request: web.BaseRequest, status: int, reason: str) -> web.Response:
+    """A request no HTTP parser could read, answered as the metadata service answers (plain text)."""
+    return web.Response(status=status, text=f"{HTTPStatus(status).phrase}: {reason}")
+
+
+def server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> web.Server:
+    """The HTTP server of a metadata view: unreadable requests get :func:`refused`."""
+    return RefusingServer(handler, refused)
 
 
 class Ways:
@@ -123,7 +135,7 @@ class Listeners(Ways):
                 return await self.forward(request)
             return self.answer(instance_id, request)
 
-        runner = web.ServerRunner(web.Server(handler), access_log=None)
+        runner = web.ServerRunner(server(handler), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._previous_port(instance_id))
         try:

@@ -36,7 +36,7 @@ import structlog
 from aiohttp import web
 
 from services.metadata.core import MetadataCore
-from services.metadata.http import Announce, Ways
+from services.metadata.http import Announce, Ways, server
 from services.runtime.clock import Clock
 
 log = structlog.get_logger("metadata.netns")
@@ -123,7 +123,7 @@ class NamespaceListeners(Ways):
             sock.bind((METADATA_IP, 80))
             sock.listen(128)
             sock.setblocking(False)
-        self._runner = web.ServerRunner(web.Server(self._handle), access_log=None)
+        self._runner = web.ServerRunner(server(self._handle), access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         log.info("metadata_namespace_ready", namespace=self.namespace, address=f"{METADATA_IP}:80")
