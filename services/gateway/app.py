@@ -148,13 +148,14 @@ def respond(body: object, request_id: str, product: str) -> web.Response:
 
 async def serve(settings: Settings) -> None:
     bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{NAME}", hold=True)
-    client = await BusClient(bus, NAME, clock_for(settings)).start()
+    client = await BusClient(bus, NAME, clock_for(settings), ready=False).start()  # "starting" until HTTP listens
     nonces = NonceLog(Path(settings.state_dir) / f"{NAME}.db")
     runner = web.ServerRunner(make_server(client, settings, nonces), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client.ready = True  # only now may a Ping say so: `ramsim up` calls the cluster ready on it, and callers come at once
     log.info("service_ready", node=NAME, url=f"http://{settings.http_host}:{port}")
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

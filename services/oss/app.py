@@ -66,7 +66,7 @@ async def running_oss(bus: Bus, settings: Settings, state_dir: Path, port: int =
             rewatch.set()
         asyncio.ensure_future(perform(effects, env.trace_id))
 
-    client = BusClient(bus, NAME, clock, on_message=on_message)
+    client = BusClient(bus, NAME, clock, on_message=on_message, ready=False)  # "starting" until HTTP listens
 
     async def on_event(topic: str, payload: bytes) -> None:
         try:
@@ -118,6 +118,7 @@ async def running_oss(bus: Bus, settings: Settings, state_dir: Path, port: int =
         await site.start()
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         url = f"http://{settings.http_host}:{bound}"
+        client.ready = True  # Pings said "starting" until now: a cluster called ready can be called at once
         log.info("service_ready", node=NAME, url=url, state=str(state_dir / "oss"))
         yield url
     finally:

@@ -87,6 +87,15 @@ def may_call(env: Envelope) -> bool:
     return caller.identity_type == "Service" and caller.arn == arn and arn in SERVICE_PRINCIPALS
 
 
+def ping_answer(node: str, started_at: float, ready: bool) -> Message:
+    """What ``node`` answers a Ping: PingOk once it serves everything it offers; until then a
+    definite ``ServiceUnavailable`` ("starting"), so that whoever waits for it (``ramsim up``)
+    waits on (a core not yet registered, an HTTP front not yet listening)."""
+    if ready:
+        return PingOk(node=node, started_at=started_at)
+    return errors.error("ServiceUnavailable", f"{node} is starting", 503, definite=True)
+
+
 def reply_address(payload: bytes) -> _Header | None:
     """The sender and msg id of a message that failed to decode, if those parts are readable."""
     try:
@@ -174,8 +183,10 @@ class Endpoint:
 class BusClient(Endpoint):
     """Request/response over the bus for shells that are not cores."""
 
-    def __init__(self, bus: Bus, node_id: str, clock: Clock, *, on_message: Callable[[Envelope], None] | None = None) -> None:
+    def __init__(self, bus: Bus, node_id: str, clock: Clock, *, on_message: Callable[[Envelope], None] | None = None,
+                 ready: bool = True) -> None:
         super().__init__(bus, node_id, clock)
+        self.ready = ready  # False until its shell serves (an HTTP front listening): Pings are answered "starting"
         self._waiting: dict[int, tuple[str, asyncio.Future[Message]]] = {}  # msg id -> (who was asked, answer)
         self._echoes: dict[int, asyncio.Future[None]] = {}  # our own markers, on their way through the broker
         self._started_at = clock.now()
@@ -242,7 +253,7 @@ class BusClient(Endpoint):
             if not echo.done():
                 echo.set_result(None)
         elif isinstance(env.body, Ping):
-            await self.reply(env, PingOk(node=self.node_id, started_at=self._started_at))
+            await self.reply(env, ping_answer(self.node_id, self._started_at, self.ready))
         elif future is not None and not future.done():
             future.set_result(env.body)
         elif env.in_reply_to is not None:

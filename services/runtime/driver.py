@@ -34,9 +34,9 @@ import structlog
 from protocol import codec, errors, topics
 from protocol.envelope import Envelope
 from protocol.errors import ProtocolError, TopicError
-from protocol.messages.common import ApiCommand, DropReason, Ping, PingOk
+from protocol.messages.common import ApiCommand, DropReason, Ping
 from services.runtime.bus import Bus
-from services.runtime.client import Endpoint, carried_trace, dead_letter, forged, may_call, reply_address
+from services.runtime.client import Endpoint, carried_trace, dead_letter, forged, may_call, ping_answer, reply_address
 from services.runtime.clock import Clock
 from services.runtime.effects import Core, Durable, Effect, Log, Publish, Reply, Request, Send
 from services.runtime.entropy import Entropy
@@ -165,10 +165,8 @@ class Driver:
                 await self._run_core(lambda: self.core.on_reply(pending.context, env.body, now), None)
                 return
             if isinstance(env.body, Ping):
-                if getattr(self.core, "ready", True):  # a core may not be ready to serve at once (an agent not yet registered)
-                    await self.endpoint.reply(env, PingOk(node=self.core.node_id, started_at=self._started_at))
-                else:
-                    await self.endpoint.reply(env, errors.error("ServiceUnavailable", f"{self.core.node_id} is starting", 503, definite=True))
+                # a core may not be ready to serve at once (an agent not yet registered)
+                await self.endpoint.reply(env, ping_answer(self.core.node_id, self._started_at, getattr(self.core, "ready", True)))
                 return
             if isinstance(env.body, ApiCommand) and not may_call(env):
                 self.counters.forged += 1
