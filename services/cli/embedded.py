@@ -22,7 +22,7 @@ from aiohttp import web
 from protocol import ids
 from services.cli import cluster
 from services.ecs.app import build as build_ecs
-from services.gateway.app import make_app
+from services.gateway.app import make_server
 from services.metadata.app import build as build_metadata, http_listeners
 from services.oss.app import running_oss
 from services.ram.app import build as build_ram
@@ -48,7 +48,7 @@ async def embedded_cluster(*, time_scale: float = 1.0, credential_lifetime: int 
         gateway_bus = broker.client("gateway")
         stack.push_async_callback(gateway_bus.close)
         client = await BusClient(gateway_bus, "gateway", clock).start()
-        runner = web.AppRunner(make_app(client, settings), access_log=None)
+        runner = web.ServerRunner(make_server(client, settings), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -42,6 +42,7 @@ from services.cli import api, broker, cluster, keys, supervision
 from services.cli.errors import CliError
 from services.metadata import netns
 from services.runtime import logs
+from services.runtime import private
 from services.runtime.client import BusClient
 from services.runtime.clock import ScaledClock
 from services.runtime.mqtt_bus import MqttBus
@@ -393,6 +394,16 @@ def _choose_ports(kept: keys.Keys, options: Options) -> None:
                 options.progress(f"the {what}'s previous port {previous} is taken; it gets {getattr(kept, attr)}")
 
 
+def _private_state(state: Path, say: Callable[[str], None]) -> Path:
+    """Make the state directory (under the private umask), and take others' permissions off
+    whatever an earlier run left there with looser ones."""
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    loose = [p for p in private.tighten(state) if p != state]  # a directory the user made for it is no news
+    if loose:
+        say(f"made {len(loose)} file(s) in {state} private to their owner (0700 directories, 0600 files)")
+    return state
+
+
 def _secret_variables() -> set[str]:
     """``RAMSIM_*`` names of the secret settings: each child gets only the ones it needs."""
     return {f"RAMSIM_{f.name.upper()}" for f in dataclasses.fields(Settings) if f.metadata.get("secret")}
@@ -407,10 +418,9 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     if options.metadata_mode == "netns" and netns.available():
         raise UpError(f"--metadata-mode netns: {netns.available()}")
     state = options.state_dir.resolve()
-    (state / "logs").mkdir(parents=True, exist_ok=True)
     path = (options.cluster_file or state / "cluster.json").resolve()
     hosts = [f"host-{i}" for i in range(1, options.hosts + 1)]
-    with _state_lock(state):
+    with private.private_files(), _state_lock(_private_state(state, say)):  # 0700/0600: see services/runtime/private.py
         kept, resumed = _cluster_keys(options, state)
         port, gateway_port, oss_port = kept.broker_port, kept.gateway_port, kept.oss_port
         identities = keys.identities(kept, hosts)

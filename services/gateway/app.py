@@ -24,6 +24,7 @@ from services.gateway import core
 from services.runtime import service
 from services.runtime.client import BusClient
 from services.runtime.mqtt_bus import MqttBus
+from services.runtime.refusals import RefusingServer
 from services.runtime.service import clock_for
 from services.runtime.settings import Settings
 
@@ -73,14 +74,19 @@ class NonceLog:
         self.db.close()
 
 
-def make_app(client: BusClient, settings: Settings, nonces: NonceLog | None = None) -> web.Application:
+def make_server(client: BusClient, settings: Settings, nonces: NonceLog | None = None) -> web.Server:
+    """The gateway's HTTP server: ``GET /`` and ``POST /`` are API calls; anything else, and any
+    request the HTTP parser cannot read (services/runtime/refusals.py), is an Alibaba JSON error."""
     gateway = core.Gateway()
     if nonces is not None:
         gateway.restore(nonces.load(time.time(), gateway.max_skew), time.time())
 
-    async def call(request: web.Request) -> web.Response:
-        request_id = str(uuid.uuid4()).upper()
-        body = await request.read()
+    async def call(request: web.BaseRequest) -> web.Response:
+        request_id = new_request_id()
+        body = await request.content.read(MAX_BODY + 1)
+        unwanted = not_a_call(request, body)
+        if unwanted is not None:
+            return respond(unwanted, request_id, "gateway")
         form = parse_qsl(body.decode(errors="replace"), keep_blank_values=True) \
             if request.content_type == "application/x-www-form-urlencoded" else []
         http = core.HttpCall(method=request.method, path=request.path,
@@ -110,10 +116,29 @@ def make_app(client: BusClient, settings: Settings, nonces: NonceLog | None = No
                  outcome=reply.code if isinstance(reply, Error) else "ok")
         return respond(reply, request_id, product)
 
-    app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_route("GET", "/", call)
-    app.router.add_route("POST", "/", call)
-    return app
+    return RefusingServer(call, refused)
+
+
+def not_a_call(request: web.BaseRequest, body: bytes) -> Error | None:
+    """Why this request is no API call the gateway serves (another path or method, a body over
+    :data:`MAX_BODY`), or None."""
+    if request.path != "/":
+        return errors.error("InvalidApi.NotFound", "Specified api is not found, please check your url and method.", 404)
+    if request.method not in ("GET", "POST"):
+        return errors.error("UnsupportedHTTPMethod", "This http method is not supported.", 405)
+    if len(body) > MAX_BODY:
+        return errors.error("RequestEntityTooLarge", f"The request body is larger than {MAX_BODY} bytes.", 413)
+    return None
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+def refused(request: web.BaseRequest, status: int, reason: str) -> web.Response:
+    """A request the HTTP parser could not read, answered in Alibaba's error shape."""
+    code = {414: "RequestURITooLong", 431: "RequestHeaderFieldsTooLarge"}.get(status, "InvalidRequest.Malformed")
+    return respond(errors.error(code, reason, status), new_request_id(), "gateway")
 
 
 def respond(body: object, request_id: str, product: str) -> web.Response:
@@ -123,13 +148,14 @@ def respond(body: object, request_id: str, product: str) -> web.Response:
 
 async def serve(settings: Settings) -> None:
     bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{NAME}", hold=True)
-    client = await BusClient(bus, NAME, clock_for(settings)).start()
+    client = await BusClient(bus, NAME, clock_for(settings), ready=False).start()  # "starting" until HTTP listens
     nonces = NonceLog(Path(settings.state_dir) / f"{NAME}.db")
-    runner = web.AppRunner(make_app(client, settings, nonces), access_log=None)
+    runner = web.ServerRunner(make_server(client, settings, nonces), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client.ready = True  # only now may a Ping say so: `ramsim up` calls the cluster ready on it, and callers come at once
     log.info("service_ready", node=NAME, url=f"http://{settings.http_host}:{port}")
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

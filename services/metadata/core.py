@@ -10,6 +10,16 @@ HTTP rules (Alibaba's, see ``../shared/reference/alibaba.md`` section 2): scalar
 role listing have no trailing newline; the ``ram`` path segment matches case-insensitively;
 no role (or a wrong role name) is 404; hardened mode uses ``PUT /latest/api/token`` with
 ``X-aliyun-ecs-metadata-token-ttl-seconds`` (1-21600) and ``X-aliyun-ecs-metadata-token``.
+
+**No expired credential is ever served.** The view holds the role's newest credential; once it
+has expired at ``now`` (STS was away longer than its remaining life, so no refresh arrived) no
+valid credential exists for the role, and its path answers :data:`CREDENTIAL_UNAVAILABLE`'s
+status (503) with a JSON body whose ``Code`` is not ``Success``, until a fresh view arrives.
+Every client refuses that rather than use it: alibabacloud-credentials raises
+``CredentialException(... HttpCode=503)`` on any non-200, credentials-go and the legacy core
+error out, and a client that only reads the body sees ``Code`` != ``Success`` (the exact status
+real ECS uses here is unverified). Each such answer is counted (:attr:`MetadataCore.refused`);
+the first for a credential is logged, and so is the fresh one that ends the run.
 """
 
 from __future__ import annotations
@@ -38,9 +48,11 @@ class Answer:
     status: int
     body: str
     content_type: str = "text/plain"
+    log: Log | None = None  # what the shell logs about this answer (rarely: not one line per request)
 
 
 NOT_FOUND = Answer(404, "Not Found")
+CREDENTIAL_UNAVAILABLE = "CredentialUnavailable"  # Code of the answer for a role whose newest credential expired
 
 
 class MetadataCore:
@@ -53,6 +65,8 @@ class MetadataCore:
         self.registered = 0  # how many times ECS answered RegisterHost (re-announce endpoints each time)
         self._registering = False
         self._table = {m.InstanceChanged: self._instance_changed}
+        self.refused = 0  # credential reads answered 503: the role's newest credential had expired
+        self._refusing: dict[str, tuple[str, int]] = {}  # instance id -> (expired AccessKeyId, reads refused)
 
     # -- the Core protocol ----------------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -81,10 +95,9 @@ class MetadataCore:
     def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
         self._registering = False
         if isinstance(body, m.RegisterHostOk):
-            for view in body.instances:
-                self._apply(view)
+            restored = [log for view in body.instances if self._apply(view) for log in self._restored(view, now)]
             self.registered += 1
-            return [Log("host_registered", "info", {"instances": len(body.instances)})]
+            return [Log("host_registered", "info", {"instances": len(body.instances)}), *restored]
         reason = body.message if isinstance(body, Error) else type(body).__name__
         # Not registered yet: ask again (a timeout already paced this attempt).
         return [Log("register_failed", "warning", {"reason": reason}), *self.on_timer(now)]
@@ -99,7 +112,20 @@ class MetadataCore:
             return [Log("view_for_other_host", "warning", {"instance_id": view.instance_id, "host_id": view.host_id})]
         applied = self._apply(view)
         return [Log("instance_view_applied" if applied else "instance_view_stale", "info",
-                    {"instance_id": view.instance_id, "generation": view.generation, "role": view.ram_role_name})]
+                    {"instance_id": view.instance_id, "generation": view.generation, "role": view.ram_role_name}),
+                *(self._restored(view, now) if applied else [])]
+
+    def _restored(self, view: m.InstanceView, now: float) -> list[Effect]:
+        """A new view ends a run of refused reads when it brings a credential valid at ``now``
+        (or no role at all): say so once, with how many reads were refused."""
+        refusing = self._refusing.get(view.instance_id)
+        c = view.credentials
+        if refusing is None or (view.ram_role_name and (c is None or c.expiration <= now)):
+            return []
+        del self._refusing[view.instance_id]
+        return [Log("credential_available_again", "info", {
+            "instance_id": view.instance_id, "role": view.ram_role_name, "expired": refusing[0], "refused": refusing[1],
+            "access_key_id": c.access_key_id if c is not None and view.ram_role_name else ""})]
 
     def _apply(self, view: m.InstanceView) -> bool:
         current = self.views.get(view.instance_id)
@@ -146,6 +172,9 @@ class MetadataCore:
             parts[1] = "ram"
         tree = self._rendered(view)
         key = "/".join(parts)
+        c = view.credentials
+        if c is not None and c.expiration <= now and key == f"meta-data/ram/security-credentials/{view.ram_role_name}":
+            return self._unavailable(view, c, now)
         if key in tree:
             return Answer(200, tree[key], "application/json" if tree[key].startswith("{") else "text/plain")
         prefix = key if key.endswith("/") or not key else key + "/"
@@ -156,6 +185,21 @@ class MetadataCore:
                 # the role listing is the bare role name, no trailing newline
                 return Answer(200, "\n".join(children))
         return NOT_FOUND
+
+    def _unavailable(self, view: m.InstanceView, c: m.InstanceCredentials, now: float) -> Answer:
+        """The role's newest credential expired at ``now``: no valid one exists until a fresh view
+        arrives. Never Success; no secret in the body; logged at the first refusal of ``c``."""
+        self.refused += 1
+        expired, count = self._refusing.get(view.instance_id, ("", 0))
+        first = expired != c.access_key_id
+        self._refusing[view.instance_id] = (c.access_key_id, 1 if first else count + 1)
+        body = json.dumps({"Code": CREDENTIAL_UNAVAILABLE, "Message": (
+            f"No valid credential for role {view.ram_role_name}: the newest one expired at {iso(c.expiration)} "
+            "and no fresh one has arrived yet. Try again later."), "Expiration": iso(c.expiration)}, indent=2)
+        log = Log("credential_expired_unserved", "warning", {
+            "instance_id": view.instance_id, "role": view.ram_role_name, "access_key_id": c.access_key_id,
+            "expired_at": iso(c.expiration), "now": iso(now)}) if first else None
+        return Answer(503, body, "application/json", log)
 
     def _rendered(self, view: m.InstanceView) -> dict[str, str]:
         """The view's tree, rendered once per generation: a view never changes, it is replaced."""

@@ -12,6 +12,7 @@ core; this module only moves bytes.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Awaitable, Callable
 
 import aiohttp
@@ -21,12 +22,23 @@ from yarl import URL
 
 from services.metadata.core import MetadataCore
 from services.runtime.clock import Clock
+from services.runtime.refusals import RefusingServer
 
 Announce = Callable[[str, str], Awaitable[None]]
 METADATA_HOST = "100.100.100.200"
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
                         "transfer-encoding", "upgrade", "content-length"})
 log = structlog.get_logger("metadata.http")
+
+
+def refused(request: web.BaseRequest, status: int, reason: str) -> web.Response:
+    """A request no HTTP parser could read, answered as the metadata service answers (plain text)."""
+    return web.Response(status=status, text=f"{HTTPStatus(status).phrase}: {reason}")
+
+
+def server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> web.Server:
+    """The HTTP server of a metadata view: unreadable requests get :func:`refused`."""
+    return RefusingServer(handler, refused)
 
 
 class Ways:
@@ -57,6 +69,13 @@ class Ways:
         for instance_id in sorted(self.urls.keys() - wanted):
             del self.urls[instance_id]
             await self._close(instance_id)
+
+    def answer(self, instance_id: str, request: web.BaseRequest) -> web.Response:
+        """The core's answer to ``request`` for ``instance_id`` (logging what the core asks to)."""
+        answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
+        if answer.log is not None:
+            getattr(log, answer.log.level)(answer.log.event, **answer.log.fields)
+        return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
 
     async def _open(self, instance_id: str) -> str:
         """Open the instance's way in; its URL ("" if it cannot be opened now)."""
@@ -114,10 +133,9 @@ class Listeners(Ways):
                 return web.Response(status=405, text="CONNECT is not supported: use plain http (protocol='http')")
             if request.raw_path.startswith("http://") and request.host.split(":")[0] != METADATA_HOST:
                 return await self.forward(request)
-            answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
-            return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+            return self.answer(instance_id, request)
 
-        runner = web.ServerRunner(web.Server(handler), access_log=None)
+        runner = web.ServerRunner(server(handler), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._previous_port(instance_id))
         try:

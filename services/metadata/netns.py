@@ -36,7 +36,7 @@ import structlog
 from aiohttp import web
 
 from services.metadata.core import MetadataCore
-from services.metadata.http import Announce, Ways
+from services.metadata.http import Announce, Ways, server
 from services.runtime.clock import Clock
 
 log = structlog.get_logger("metadata.netns")
@@ -123,7 +123,7 @@ class NamespaceListeners(Ways):
             sock.bind((METADATA_IP, 80))
             sock.listen(128)
             sock.setblocking(False)
-        self._runner = web.ServerRunner(web.Server(self._handle), access_log=None)
+        self._runner = web.ServerRunner(server(self._handle), access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         log.info("metadata_namespace_ready", namespace=self.namespace, address=f"{METADATA_IP}:80")
@@ -133,8 +133,7 @@ class NamespaceListeners(Ways):
         instance_id = next((i for i, (_, ip) in self._wired.items() if ip == source), None)
         if instance_id is None:
             return web.Response(status=403, text="Forbidden: no instance has this source address")
-        answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
-        return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+        return self.answer(instance_id, request)
 
     async def _close(self, instance_id: str) -> None:
         _delete(self._wired.pop(instance_id)[0])

@@ -31,6 +31,7 @@ from services.runtime.bus import Bus
 from services.runtime.client import BusClient, dead_letter
 from services.runtime.effects import Effect, Log, Send
 from services.runtime.mqtt_bus import MqttBus
+from services.runtime.refusals import RefusingServer
 from services.runtime.service import clock_for
 from services.runtime.settings import Settings
 
@@ -65,7 +66,7 @@ async def running_oss(bus: Bus, settings: Settings, state_dir: Path, port: int =
             rewatch.set()
         asyncio.ensure_future(perform(effects, env.trace_id))
 
-    client = BusClient(bus, NAME, clock, on_message=on_message)
+    client = BusClient(bus, NAME, clock, on_message=on_message, ready=False)  # "starting" until HTTP listens
 
     async def on_event(topic: str, payload: bytes) -> None:
         try:
@@ -110,13 +111,14 @@ async def running_oss(bus: Bus, settings: Settings, state_dir: Path, port: int =
         log.warning("oss_authorization_disabled", variable=NO_AUTH_VARIABLE,
                     reason="benchmark-only baseline: every request is served without authentication or authorization")
     front = OssHttp(core, store, client, clock, request_timeout=settings.request_timeout, authorize=authorize)
-    runner = web.ServerRunner(web.Server(front.handle), access_log=None)
+    runner = web.ServerRunner(RefusingServer(front.handle, front.refused), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.http_host, port)
         await site.start()
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         url = f"http://{settings.http_host}:{bound}"
+        client.ready = True  # Pings said "starting" until now: a cluster called ready can be called at once
         log.info("service_ready", node=NAME, url=url, state=str(state_dir / "oss"))
         yield url
     finally:

@@ -61,6 +61,11 @@ class OssHttp:
         answer.headers[REQUEST_ID] = request_id
         return answer
 
+    def refused(self, request: web.BaseRequest, status: int, reason: str) -> web.Response:
+        """A request the HTTP parser could not read (see services/runtime/refusals.py), as an OSS error document."""
+        code = {414: "InvalidURI", 431: "RequestHeaderTooLarge"}.get(status, "InvalidRequest")
+        return self._error(request, oss_error(code, reason, status), secrets.token_hex(12).upper())
+
     def _error(self, request: web.BaseRequest, problem: OssError, request_id: str) -> web.Response:
         body = documents.error(problem, request_id, request.host)
         headers = {"x-oss-request-id": request_id, "Date": _http_date(time.time())}

@@ -11,6 +11,11 @@ A direct message travels on ``topics.inbox(dest, src)``; over a broker with rams
 :func:`forged` is the receiving side's rule: an envelope whose ``src`` is not the
 topic's ``from`` segment is forged and dropped. A reply counts only from the node asked.
 
+An API command naming a caller its sender may not claim (:func:`may_call`: only the gateway
+speaks for the principals it authenticated) is refused the same way by every node, a core's
+driver or a bus client (the gateway, OSS): logged, answered ``NoPermission``, recorded as a
+``caller_refused`` dead letter (:meth:`Endpoint.refuse_caller`).
+
 Every message a node drops is also recorded on its dead-letter topic (``topics.deadletter``,
 :meth:`Endpoint.dead_letter`): why, where it came in, its size and SHA-256, never its bytes.
 Recording is best-effort: a failed publish is logged and intake goes on.
@@ -30,7 +35,7 @@ from protocol import codec, errors, topics
 from protocol.base import Message
 from protocol.envelope import Envelope
 from protocol.errors import ProtocolError, TopicError
-from protocol.messages.common import DeadLetter, DropReason, Ping, PingOk
+from protocol.messages.common import SERVICE_PRINCIPALS, ApiCommand, DeadLetter, DropReason, Ping, PingOk
 from services.runtime.bus import Bus
 from services.runtime.clock import Clock
 from services.runtime.entropy import Entropy, SystemEntropy
@@ -62,6 +67,33 @@ def forged(topic: str, src: str) -> bool:
     (vouched for by the broker) names. Messages on other topics (events) are not direct."""
     sender = topics.sender(topic)
     return sender is not None and sender != src
+
+
+GATEWAYS = frozenset({"gateway"})  # the nodes that authenticate API callers
+
+
+def may_call(env: Envelope) -> bool:
+    """May ``env.src`` (vouched for by the broker) send this API command with its ``caller``?
+
+    The gateway speaks for the principals it authenticated; a service speaks only as itself
+    (``ecs`` as ``ecs.aliyuncs.com``), and only a node that is one of the cloud's services
+    (:data:`~protocol.messages.common.SERVICE_PRINCIPALS`): ``operator.aliyuncs.com`` is no
+    one. Nobody else may claim a caller. A command without a caller passes: the core refuses
+    it as unauthenticated."""
+    caller = getattr(env.body, "caller", None)
+    if caller is None or env.src in GATEWAYS:
+        return True
+    arn = f"{env.src}.aliyuncs.com"
+    return caller.identity_type == "Service" and caller.arn == arn and arn in SERVICE_PRINCIPALS
+
+
+def ping_answer(node: str, started_at: float, ready: bool) -> Message:
+    """What ``node`` answers a Ping: PingOk once it serves everything it offers; until then a
+    definite ``ServiceUnavailable`` ("starting"), so that whoever waits for it (``ramsim up``)
+    waits on (a core not yet registered, an HTTP front not yet listening)."""
+    if ready:
+        return PingOk(node=node, started_at=started_at)
+    return errors.error("ServiceUnavailable", f"{node} is starting", 503, definite=True)
 
 
 def reply_address(payload: bytes) -> _Header | None:
@@ -126,6 +158,17 @@ class Endpoint:
         except TopicError:
             log.warning("reply_unaddressable", node=self.node_id, src=_clip(request.src), body=type(body).__name__)
 
+    async def refuse_caller(self, env: Envelope, topic: str, payload: bytes) -> bool:
+        """Refuse ``env``, an API command whose caller its sender may not claim (:func:`may_call`):
+        a log line, a ``NoPermission`` answer, a ``caller_refused`` dead letter (True if published)."""
+        caller = getattr(env.body, "caller", None)
+        arn = caller.arn if caller is not None else ""
+        log.warning("caller_refused", node=self.node_id, src=_clip(env.src), caller=_clip(arn), body=type(env.body).__name__)
+        await self.reply(env, errors.no_permission(f"{env.src} may not make API calls on behalf of others."))
+        letter = dead_letter(self.node_id, topic, payload, "caller_refused", src=env.src, body=type(env.body).__name__,
+                             detail=f"caller {arn}")
+        return await self.dead_letter(letter, trace_id=env.trace_id)
+
     async def dead_letter(self, letter: DeadLetter, *, trace_id: str = "") -> bool:
         """Publish ``letter`` on this node's dead-letter topic. Best-effort: False (and a log line)
         if the publish failed; never raises, so dropping a message cannot break intake."""
@@ -140,13 +183,15 @@ class Endpoint:
 class BusClient(Endpoint):
     """Request/response over the bus for shells that are not cores."""
 
-    def __init__(self, bus: Bus, node_id: str, clock: Clock, *, on_message: Callable[[Envelope], None] | None = None) -> None:
+    def __init__(self, bus: Bus, node_id: str, clock: Clock, *, on_message: Callable[[Envelope], None] | None = None,
+                 ready: bool = True) -> None:
         super().__init__(bus, node_id, clock)
+        self.ready = ready  # False until its shell serves (an HTTP front listening): Pings are answered "starting"
         self._waiting: dict[int, tuple[str, asyncio.Future[Message]]] = {}  # msg id -> (who was asked, answer)
         self._echoes: dict[int, asyncio.Future[None]] = {}  # our own markers, on their way through the broker
         self._started_at = clock.now()
         self._on_message = on_message
-        self.forged = 0  # direct messages dropped because their src was not the topic's sender
+        self.forged = 0  # direct messages dropped: their src was not the topic's sender, or they named a caller it may not claim
         self.malformed = 0  # messages dropped because they did not decode
         self.unexpected = 0  # replies to nothing this client is waiting for (late, duplicated, or from the wrong node)
         self.failed = 0  # messages whose on_message handler raised
@@ -208,7 +253,7 @@ class BusClient(Endpoint):
             if not echo.done():
                 echo.set_result(None)
         elif isinstance(env.body, Ping):
-            await self.reply(env, PingOk(node=self.node_id, started_at=self._started_at))
+            await self.reply(env, ping_answer(self.node_id, self._started_at, self.ready))
         elif future is not None and not future.done():
             future.set_result(env.body)
         elif env.in_reply_to is not None:
@@ -216,6 +261,9 @@ class BusClient(Endpoint):
             log.info("reply_unexpected", node=self.node_id, src=env.src, in_reply_to=env.in_reply_to, body=type(env.body).__name__)
             await self.dead_letter(dead_letter(self.node_id, topic, payload, "unexpected_reply", src=env.src, body=type(env.body).__name__,
                                                detail=f"in reply to {env.in_reply_to}"), trace_id=env.trace_id)
+        elif isinstance(env.body, ApiCommand) and not may_call(env):
+            self.forged += 1  # as a driver counts it
+            await self.refuse_caller(env, topic, payload)
         elif self._on_message is not None:
             try:
                 self._on_message(env)

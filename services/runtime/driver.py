@@ -34,9 +34,9 @@ import structlog
 from protocol import codec, errors, topics
 from protocol.envelope import Envelope
 from protocol.errors import ProtocolError, TopicError
-from protocol.messages.common import SERVICE_PRINCIPALS, ApiCommand, DropReason, Ping, PingOk
+from protocol.messages.common import ApiCommand, DropReason, Ping
 from services.runtime.bus import Bus
-from services.runtime.client import Endpoint, carried_trace, dead_letter, forged, reply_address
+from services.runtime.client import Endpoint, carried_trace, dead_letter, forged, may_call, ping_answer, reply_address
 from services.runtime.clock import Clock
 from services.runtime.effects import Core, Durable, Effect, Log, Publish, Reply, Request, Send
 from services.runtime.entropy import Entropy
@@ -48,24 +48,6 @@ class _Pending:
     context: Any
     dest: str
     deadline: float  # loop time
-
-
-GATEWAYS = frozenset({"gateway"})  # the nodes that authenticate API callers
-
-
-def may_call(env: Envelope) -> bool:
-    """May ``env.src`` (vouched for by the broker) send this API command with its ``caller``?
-
-    The gateway speaks for the principals it authenticated; a service speaks only as itself
-    (``ecs`` as ``ecs.aliyuncs.com``), and only a node that is one of the cloud's services
-    (:data:`~protocol.messages.common.SERVICE_PRINCIPALS`): ``operator.aliyuncs.com`` is no
-    one. Nobody else may claim a caller. A command without a caller passes: the core refuses
-    it as unauthenticated."""
-    caller = getattr(env.body, "caller", None)
-    if caller is None or env.src in GATEWAYS:
-        return True
-    arn = f"{env.src}.aliyuncs.com"
-    return caller.identity_type == "Service" and caller.arn == arn and arn in SERVICE_PRINCIPALS
 
 
 @dataclass
@@ -183,17 +165,13 @@ class Driver:
                 await self._run_core(lambda: self.core.on_reply(pending.context, env.body, now), None)
                 return
             if isinstance(env.body, Ping):
-                if getattr(self.core, "ready", True):  # a core may not be ready to serve at once (an agent not yet registered)
-                    await self.endpoint.reply(env, PingOk(node=self.core.node_id, started_at=self._started_at))
-                else:
-                    await self.endpoint.reply(env, errors.error("ServiceUnavailable", f"{self.core.node_id} is starting", 503, definite=True))
+                # a core may not be ready to serve at once (an agent not yet registered)
+                await self.endpoint.reply(env, ping_answer(self.core.node_id, self._started_at, getattr(self.core, "ready", True)))
                 return
             if isinstance(env.body, ApiCommand) and not may_call(env):
                 self.counters.forged += 1
-                caller = env.body.caller
-                self.log.warning("caller_refused", src=env.src, caller=caller.arn if caller else None)
-                await self.endpoint.reply(env, errors.no_permission(f"{env.src} may not make API calls on behalf of others."))
-                await self._drop("caller_refused", env, detail=f"caller {caller.arn if caller else ''}")
+                if await self.endpoint.refuse_caller(env, *self._arrivals.get(id(env), ("", b""))):
+                    self.counters.dead_letters += 1
                 return
             await self._run_core(lambda: self.core.handle(env, now), env)
         finally:

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, Sequence
 
 import structlog
 
-from services.runtime import logs
+from services.runtime import logs, private
 from services.runtime.bus import BusError
 from services.runtime.clock import ScaledClock
 from services.runtime.driver import Driver
@@ -90,6 +90,7 @@ def run(node_id: str, description: str, body: Callable[[Settings], Awaitable[Non
     """Parse settings, set up logs and run ``body`` until it returns; an unreachable broker
     is one log line and exit status 2."""
     settings = settings or Settings.parse(argv, prog=f"python -m services.{node_id.split('-')[0]}", description=description)
+    private.keep_private()  # its databases, their -wal/-shm, OSS's objects: 0600 (services/runtime/private.py)
     logs.configure(fmt=settings.log_format, level=settings.log_level, service=node_id)
     try:
         asyncio.run(body(settings))

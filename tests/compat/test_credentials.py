@@ -3,6 +3,7 @@ hardened mode (tokens), IMDSv1 disabled, HttpTokens=required, and refresh across
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Iterator
 
@@ -108,3 +109,31 @@ def test_credential_exception_on_a_missing_role(target, imds_allowed) -> None:  
     provider = EcsRamRoleCredentialsProvider(role_name="Absent", async_update_enabled=False, http_options=_http(url))
     with pytest.raises(CredentialException, match="HttpCode=404"):
         provider.get_credentials()
+
+
+async def test_an_expired_credential_makes_the_provider_raise_not_sign(imds_allowed) -> None:  # noqa: ANN001
+    """A view whose newest credential expired (STS away past its life) answers 503 with a Code
+    that is not Success: the official provider raises a clear error instead of using it, and
+    takes the fresh credential as soon as one arrives."""
+    import time
+
+    from protocol.messages import ecs as m
+    from tests.services.metadata.test_core import CREDENTIALS, IID, ROLE, view
+    from tests.services.metadata.test_http import Agent
+
+    agent = Agent()  # a real listener on loopback, on wall time: CREDENTIALS expired in 2023
+    try:
+        agent.push(view(role=ROLE, credentials=CREDENTIALS))
+        await agent.listeners.reconcile()
+        url = agent.listeners.urls[IID]
+        provider = EcsRamRoleCredentialsProvider(role_name=ROLE, async_update_enabled=False, http_options=_http(url))
+        with pytest.raises(CredentialException, match="HttpCode=503"):
+            await asyncio.to_thread(provider.get_credentials)
+        assert agent.core.refused >= 1
+        fresh = m.InstanceCredentials(access_key_id="STS.fresh", access_key_secret="s", security_token="t",
+                                      expiration=time.time() + 3600, last_updated=time.time())
+        agent.push(view(generation=3, role=ROLE, credentials=fresh))
+        got = await asyncio.to_thread(provider.get_credentials)
+        assert got.get_access_key_id() == "STS.fresh"
+    finally:
+        await agent.listeners.close()

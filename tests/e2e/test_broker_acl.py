@@ -359,3 +359,32 @@ async def test_a_retained_publish_is_refused_and_never_delivered(make_cluster) -
         assert [p for _, p in seen if p == b"retained"] == []
     finally:
         await observer.close()
+
+
+async def test_every_node_refuses_a_forged_caller_the_same_way(make_cluster) -> None:  # noqa: ANN001
+    """An API command naming a caller its sender may not claim (only the gateway speaks for
+    callers): every node, a core's driver or a bus client (the gateway, OSS), answers
+    NoPermission, logs ``caller_refused`` and records a ``caller_refused`` dead letter."""
+    cluster = await make_cluster(instances=0)
+    account = cluster.file.account_id
+    root = common.Principal(identity_type="Account", account_id=account, arn=f"acs:ram::{account}:root", principal_id=account)
+    nodes = ["ram", "sts", "ecs", "gateway", "oss", broker.host_identity("host-1")]
+    observer = await connect(cluster, broker.OBSERVER, "refusal-observer")
+    bus = await connect(cluster, broker.OPERATOR, "refusal-operator")
+    letters: Seen = []
+    try:
+        await observer.subscribe(topics.deadletters(), collector(letters))
+        client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
+        for node in nodes:
+            refused = await client.request(node, ram.GetRole(role_name="Anything", caller=root), timeout=10)
+            assert isinstance(refused, Error) and refused.code == "NoPermission", (node, refused)
+            assert "operator may not make API calls on behalf of others" in refused.message
+        seen = await eventually(lambda: (got := {d.node for d in bodies(letters, common.DeadLetter) if d.reason == "caller_refused"
+                                                 and d.src == broker.OPERATOR and d.body == "GetRole"}) >= set(nodes) and got,
+                                what="a caller_refused dead letter from every node")
+        assert seen == set(nodes)
+    finally:
+        await bus.close()
+        await observer.close()
+    for node in nodes:
+        assert [e for e in log_events(cluster, node) if e.get("event") == "caller_refused" and e.get("caller") == root.arn], node

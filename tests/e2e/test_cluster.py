@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import time
 
 import msgpack
@@ -170,3 +172,37 @@ async def test_a_user_without_pass_role_is_allowed_after_one_attach(make_cluster
                              ActionName="ram:PassRole", ResourceName=f"acs:ram:*:{cluster.file.account_id}:role/Passable")
     assert explained["Decision"]["Allowed"] is True
     assert explained["Decision"]["Matches"][0]["Policy"] == "Custom:PassPassable"
+
+
+async def test_the_state_directory_and_everything_in_it_is_private(make_cluster, tmp_path) -> None:  # noqa: ANN001
+    """ram.db, ecs.db, gateway.db and their -wal/-shm, the logs, the generated broker files, OSS's
+    objects, keys.json: 0700 directories and 0600 files. What an earlier run left with looser
+    modes is tightened when ``ramsim up`` opens the directory."""
+    import oss2
+
+    state = tmp_path / "cluster0"  # where make_cluster's first cluster lives
+    (state / "logs").mkdir(parents=True, mode=0o755)
+    (state / "logs" / "old.log").write_text("from an older ramsim\n")
+    os.chmod(state / "logs", 0o755)
+    os.chmod(state / "logs" / "old.log", 0o644)
+    cluster = await make_cluster(instances=0)
+    make_role(cluster, "Private")
+    instance_id = launch(cluster, RamRoleName="Private")
+    wait_until(lambda: credentials(metadata_url(cluster, instance_id), "Private"), what="the role's credential")
+    bucket = oss2.Bucket(oss2.Auth(cluster.file.access_key_id, cluster.file.access_key_secret), cluster.file.oss_url, "private-objects")
+    await asyncio.to_thread(bucket.create_bucket)
+    await asyncio.to_thread(bucket.put_object, "kept.txt", b"an object on disk")
+    expected = {"keys.json", "ram.db", "ram.db-wal", "ecs.db", "gateway.db", "gateway.db-wal", "mosquitto.conf", "logs/ram.log",
+                "logs/gateway.log", "logs/metadata-host-1.log", "logs/mosquitto.log", "logs/old.log", "oss", "mosquitto.db"}
+
+    def made() -> set[str]:
+        return {str(p.relative_to(state)) for p in state.rglob("*")}
+
+    wait_until(lambda: expected <= made(), timeout=20, what=f"the state files (missing {expected - made()})")
+    loose = {}
+    for path in (state, *state.rglob("*")):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode != (0o700 if path.is_dir() else 0o600):
+            loose[str(path.relative_to(state))] = oct(mode)
+    assert not loose, loose
+    assert [p for p in (state / "oss").rglob("*") if p.is_file()]  # OSS's object (and its metadata) are among them

@@ -7,6 +7,8 @@ checker (:mod:`services.faults.invariants`) passing over the recorded history:
 * a broker restart (kill -9 of Mosquitto), then ECS paused (SIGSTOP) past a refresh;
 * STS unavailable (paused) across a refresh: the old credential keeps serving and the new one
   arrives before the old one expires;
+* STS paused longer than the credential has left, three instances watched: no view serves it
+  past its Expiration (each answers an error), and after SIGCONT a fresh one is served;
 * a cluster stopped and resumed on its state directory: everything acknowledged is there;
 * one request delivered twice (same sender, same msg id), across a kill -9 of RAM: answered
   twice with the same reply, done once;
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +36,7 @@ from protocol.messages import ram as m
 from protocol.messages.common import Principal
 from services.cli import api
 from services.cli.up import Cluster, Options, running_cluster
-from services.faults.history import Probe
+from services.faults.history import History, Probe
 from services.faults.invariants import Bounds, Report
 from services.faults.recorder import Recorder
 from services.faults.soak import keep_writing, pause
@@ -79,6 +82,11 @@ async def replacement(rec: Recorder, instance_id: str, current: Probe, what: str
     """The first probe serving a credential other than ``current``'s."""
     return await rec.wait_for(lambda h: next((p for p in h.probes(instance_id) if p.status == 200
                                               and p.access_key_id != current.access_key_id), None), what=what)
+
+
+def last_served(history: History, instance_id: str) -> Probe:
+    """The last probe of ``instance_id`` that served a credential."""
+    return [p for p in history.probes(instance_id) if p.status == 200][-1]
 
 
 def passed(report: Report) -> Report:
@@ -167,6 +175,38 @@ async def test_sts_paused_across_a_refresh_the_old_credential_serves_and_the_new
         assert replaced.at < current.expiration  # caught up before the old credential expired
         await healthy_refreshes(rec, 1)
     passed(rec.check(BOUNDS))
+
+
+async def test_sts_paused_past_the_credential_s_expiry_no_view_serves_it_expired(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(time_scale=SCALE, instances=3, credential_lifetime=LIFETIME, refresh_before=REFRESH_BEFORE)
+    make_role(cluster, ROLE)
+    ids = [i["InstanceId"] for i in cluster.call("ecs", "DescribeInstances", RegionId=cluster.file.region_id)["Instances"]["Instance"]]
+    async with Recorder(cluster, interval=0.05) as rec:
+        for instance_id in ids:
+            await serving(rec, instance_id)
+        sts = cluster.process("sts").proc
+        async with rec.fault("outage", "sts"):
+            sts.send_signal(signal.SIGSTOP)
+            try:  # stopped until every view's newest credential has been expired for 2 s
+                await rec.wait_for(lambda h: all(time.time() > last_served(h, i).expiration + 2.0 for i in ids), timeout=30,
+                                   what="every view's credential expired for 2 s")
+            finally:
+                sts.send_signal(signal.SIGCONT)
+            resumed = time.time()
+        current = {instance_id: last_served(rec.history, instance_id) for instance_id in ids}
+        for instance_id, old in current.items():
+            past = [p for p in rec.history.probes(instance_id) if old.expiration < p.at < resumed]
+            assert past and {p.status for p in past} == {503}, past  # never Success past its Expiration: an error
+        for instance_id, old in current.items():  # SIGCONT: a fresh credential arrives, and Success resumes
+            fresh_one = await rec.wait_for(lambda h: next((p for p in h.probes(instance_id) if p.at > resumed and p.status == 200), None),
+                                           timeout=30, what=f"Success again on {instance_id}")
+            assert fresh_one.access_key_id != old.access_key_id and fresh_one.expiration > fresh_one.at
+    report = passed(rec.check(BOUNDS))
+    assert report.summary("never_serves_expired").checked > 3 * 20 and report.summary("never_serves_expired").skipped == 0
+    logged = (Path(cluster.file.state_dir) / "logs" / "metadata-host-1.log").read_text()
+    for instance_id in ids:  # each run of refusals is logged once when it starts and once when it ends
+        assert [line for line in logged.splitlines() if "credential_expired_unserved" in line and instance_id in line]
+        assert [line for line in logged.splitlines() if "credential_available_again" in line and instance_id in line]
 
 
 async def test_a_stopped_cluster_resumes_with_everything_it_acknowledged(tmp_path: Path) -> None:

@@ -11,14 +11,17 @@ otherwise). Nothing here leaves the namespaces the test made or loopback.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from protocol.times import parse_iso
 from services.cli.instances import instances, read_metadata
 from services.cli.up import Options, running_cluster
 from services.metadata import netns
+from services.runtime.clock import ScaledClock
 from tests.e2e.conftest import make_role, wait_until
 
 pytestmark = pytest.mark.skipif(netns.available() is not None, reason=netns.available() or "")
@@ -88,6 +91,34 @@ async def test_each_namespace_reads_only_its_own_instance_at_the_real_address(ma
     # nothing else is reachable from an instance: no route anywhere but the metadata address
     routes = run_in(ns_first, "ip", "route").stdout.strip().splitlines()
     assert routes == ["100.100.100.200 dev eth0 scope link"]
+
+
+async def test_an_expired_credential_is_not_served_in_a_namespace_either(make_cluster) -> None:  # noqa: ANN001
+    """STS stopped past the credential's life: the namespace's 100.100.100.200 answers 503 and the
+    official provider inside raises; after SIGCONT a fresh credential is served there again."""
+    cluster = await make_cluster(instances=1, metadata_mode="netns", time_scale=600, credential_lifetime=3600, refresh_before=1800)
+    make_role(cluster, ROLE)
+    [instance] = wait_until(lambda: [i for i in instances(cluster.file) if i["MetadataUrl"].startswith("netns:")] or None,
+                            what="the instance's namespace")
+    cluster.call("ecs", "AttachInstanceRamRole", RegionId=cluster.file.region_id, RamRoleName=ROLE,
+                 InstanceIds=json.dumps([instance["InstanceId"]]))
+    url, path = instance["MetadataUrl"], f"/latest/meta-data/ram/security-credentials/{ROLE}"
+    served = json.loads(wait_until(lambda: (a := read_metadata(url, path))[0] == 200 and a[1], what="the credential"))
+    expires = parse_iso(served["Expiration"])
+    clock = ScaledClock(cluster.file.time_scale, cluster.file.time_origin)
+    sts = cluster.process("sts").proc
+    sts.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: clock.now() > expires + 600, timeout=20, what="the credential expired a simulated 10 min")
+        status, body = read_metadata(url, path)
+        assert status == 503 and json.loads(body)["Code"] != "Success", (status, body)
+        sdk = subprocess.run(["ip", "netns", "exec", url.removeprefix("netns:"), sys.executable, "-c", READ_CREDENTIALS % ROLE],
+                             capture_output=True, text=True, timeout=60, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        assert sdk.returncode != 0 and "HttpCode=503" in sdk.stderr, sdk.stderr[-500:]
+    finally:
+        sts.send_signal(signal.SIGCONT)
+    fresh = json.loads(wait_until(lambda: (a := read_metadata(url, path))[0] == 200 and a[1], timeout=30, what="a fresh credential"))
+    assert fresh["AccessKeyId"] != served["AccessKeyId"] and parse_iso(fresh["Expiration"]) > clock.now()
 
 
 async def test_the_namespaces_go_with_the_cluster(tmp_path) -> None:  # noqa: ANN001

@@ -58,9 +58,9 @@ from services.oss.app import running_oss
 from services.ram.app import build as build_ram
 from services.ram.policy import ECS_TRUST_POLICY
 from services.runtime.bus import Handler
-from services.runtime.client import BusClient, forged
+from services.runtime.client import BusClient, forged, may_call
 from services.runtime.clock import ScaledClock
-from services.runtime.driver import Driver, may_call
+from services.runtime.driver import Driver
 from services.runtime.entropy import SeededEntropy
 from services.runtime.memory_bus import MemoryBroker, MemoryBus
 from services.runtime.mqtt_bus import MqttBus
@@ -336,15 +336,13 @@ def expected(node: str, topic: str, payload: bytes) -> str | None:
         return "malformed"
     if forged(topic, env.src):
         return "forged"
-    if node in DRIVEN:
-        if env.in_reply_to is not None:  # nobody asked the fuzzer anything
-            return "unexpected_reply"
-        if isinstance(env.body, ApiCommand) and not may_call(env):
-            return "caller_refused"
+    if node in CLIENTS and isinstance(env.body, Ping):  # a bus client answers a Ping first
         return None
-    if isinstance(env.body, Ping):  # a bus client answers a Ping first
-        return None
-    return "unexpected_reply" if env.in_reply_to is not None else None
+    if env.in_reply_to is not None:  # nobody asked the fuzzer anything
+        return "unexpected_reply"
+    if isinstance(env.body, ApiCommand) and not may_call(env):  # every node alike, driven or a bus client
+        return "caller_refused"
+    return None
 
 
 def counted(rig: Rig, node: str) -> dict[str, int]:
@@ -354,7 +352,8 @@ def counted(rig: Rig, node: str) -> dict[str, int]:
                 "failed": c.failed}
     if node == "gateway":
         g = rig.gateway
-        return {"malformed": g.malformed, "forged": g.forged, "unexpected_reply": g.unexpected, "failed": g.failed}
+        return {"malformed": g.malformed, "forged": g.forged, "caller_refused": g.forged, "unexpected_reply": g.unexpected,
+                "failed": g.failed}
     return {}  # OSS's client lives inside its shell: its dead letters and logs show what it dropped
 
 

@@ -104,7 +104,7 @@ def test_the_last_present_of_a_kind_counts() -> None:
     assert report.ok
 
 
-# -- no expired credential while healthy ------------------------------------------------------------
+# -- no expired credential, ever -------------------------------------------------------------------
 def test_fresh_credentials_pass_never_serves_expired() -> None:
     report = run(attached(), *refreshing(20))
     s = report.summary("never_serves_expired")
@@ -119,38 +119,53 @@ def test_serving_an_expired_credential_is_one_violation_per_run_of_probes() -> N
     assert "STS.K1" in v.detail
 
 
-def test_probes_during_a_fault_and_its_grace_are_skipped_for_expiry() -> None:
-    probes = [probe(t, "STS.K1", 10.0) for t in (10, 11, 14, 16)]  # expired throughout
-    report = run(attached(), fault(9, 12, "sts", "outage"), *probes, grace=3.0)
-    s = report.summary("never_serves_expired")
-    assert (s.checked, s.skipped, s.violations) == (1, 3, 1)  # 10, 11 in the fault, 14 within 3 s of its end
-    assert only(report, "never_serves_expired").evidence == probes[3]
+def test_no_fault_excuses_serving_an_expired_credential() -> None:
+    probes = [probe(t, "STS.K1", 10.0) for t in (10, 11, 14, 16)]  # expired throughout, through an STS outage and after
+    for window in (fault(9, 12, "sts", "outage"), fault(9, None, "metadata-host-1", "stop"), fault(0, 20, "mosquitto", "pause")):
+        report = run(attached(), window, *probes, grace=3.0)
+        s = report.summary("never_serves_expired")
+        assert (s.checked, s.skipped, s.violations) == (4, 0, 1), report.table()
+        v = only(report, "never_serves_expired")
+        assert (v.evidence, v.count, v.until) == (probes[0], 4, probes[3].at)
+
+
+def test_an_error_answer_for_an_expired_credential_keeps_never_serves_expired() -> None:
+    probes = [probe(t, "STS.K1", 10.0) for t in (8, 9)] + [probe(t, status=503) for t in (10, 11, 12)] + [probe(13, "STS.K2", 30.0)]
+    report = run(attached(), fault(5, 12.5, "sts", "pause"), *probes, grace=1.0)
+    assert report.summary("never_serves_expired").checked == 3 and not report.violations_of("never_serves_expired")
+    assert report.summary("fresh_before_expiry").skipped_because["fault"] == 1  # the late refresh itself is excused
+
+
+def missed_refresh(at: float = 11.0) -> tuple[Probe, Probe]:
+    """K1 (expiring at 10) seen at 1, then no credential at ``at``: fresh_before_expiry's case."""
+    return probe(1, "STS.K1", 10.0), probe(at, status=503)
 
 
 def test_a_fault_never_ended_covers_the_rest_of_the_run() -> None:
-    report = run(attached(), fault(9, None, "mosquitto", "stop"), probe(11, "STS.K1", 10.0), probe(100, "STS.K1", 10.0))
-    assert report.summary("never_serves_expired").skipped == 2 and report.ok
+    report = run(attached(), fault(9, None, "mosquitto", "stop"), *missed_refresh(), probe(50, "STS.K2", 60.0),
+                 probe(100, status=503))
+    assert report.summary("fresh_before_expiry").skipped == 2 and report.ok
 
 
 def test_only_the_instance_s_own_metadata_agent_counts_as_its_fault() -> None:
-    other = run(attached(), fault(9, 12, "metadata-host-2", "stop"), probe(11, "STS.K1", 10.0))
-    own = run(attached(), fault(9, 12, "metadata-host-1", "stop"), probe(11, "STS.K1", 10.0))
-    gateway = run(attached(), fault(9, 12, "gateway", "kill"), probe(11, "STS.K1", 10.0))
-    assert own.summary("never_serves_expired").skipped == 1 and own.ok
+    other = run(attached(), fault(9, 12, "metadata-host-2", "stop"), *missed_refresh())
+    own = run(attached(), fault(9, 12, "metadata-host-1", "stop"), *missed_refresh())
+    gateway = run(attached(), fault(9, 12, "gateway", "kill"), *missed_refresh())
+    assert own.summary("fresh_before_expiry").skipped == 1 and own.ok
     assert not other.ok and not gateway.ok  # neither is on this instance's credential path
 
 
 def test_ram_is_on_the_credential_path_unless_the_bounds_say_otherwise() -> None:
-    records = (attached(), fault(9, 12, "ram", "kill"), probe(11, "STS.K1", 10.0))
+    records = (attached(), fault(9, 12, "ram", "kill"), *missed_refresh())
     assert run(*records).ok
     assert not run(*records, credential_path=("ecs", "sts", "mosquitto")).ok
 
 
 def test_an_open_fault_in_a_journal_is_superseded_by_its_closed_record() -> None:
-    opened = fault(9, None)
-    closed = Fault(start=opened.start, end=T0 + 10, kind=opened.kind, target=opened.target)
-    report = run(attached(), opened, closed, probe(20, "STS.K1", 10.0), grace=1.0)
-    assert not report.ok and report.summary("never_serves_expired").checked == 1
+    opened = fault(2, None)
+    closed = Fault(start=opened.start, end=T0 + 3, kind=opened.kind, target=opened.target)
+    report = run(attached(), opened, closed, *missed_refresh(20), grace=1.0)
+    assert not report.ok and report.summary("fresh_before_expiry").checked == 1
 
 
 # -- a fresh credential before the old one expires ----------------------------------------------------
@@ -342,8 +357,10 @@ def test_ramsim_check_prints_the_table_and_exits_1_on_a_violation(tmp_path: Path
     assert "0 violation(s)" in out and "only_attached_role" in out
     assert main(["check", str(bad), "--grace", "1"]) == 1
     assert "[fresh_before_expiry] i-1" in capsys.readouterr().out
-    # a fault on ecs for the whole run, and ecs on the credential path: nothing to hold against it
-    bad.write_bytes(encode_jsonl([fault(-5, None, "ecs"), attached(), *[probe(t, "STS.K1", 10.0) for t in range(0, 12)]]))
+    # a fault on ecs for the whole run, and ecs on the credential path: no refresh to hold against it
+    # (the view answers an error once K1 has expired: serving it expired would be a violation, fault or not)
+    bad.write_bytes(encode_jsonl([fault(-5, None, "ecs"), attached(), *[probe(t, "STS.K1", 10.0) for t in range(0, 10)],
+                                  probe(10, status=503), probe(11, status=503)]))
     assert main(["check", str(bad)]) == 0
     assert main(["check", str(bad), "--credential-path", "sts"]) == 1
     capsys.readouterr()

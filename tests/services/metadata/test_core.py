@@ -297,6 +297,42 @@ def test_credential_follows_the_newest_view() -> None:
     assert get(core, f"/latest/meta-data/ram/security-credentials/{ROLE}").status == 404
 
 
+def test_an_expired_credential_is_never_served_until_a_fresh_one_arrives() -> None:
+    core = serving(view(role=ROLE, credentials=CREDENTIALS))  # expires at T0 + 3600
+    path = f"/latest/meta-data/ram/security-credentials/{ROLE}"
+    assert get(core, path, now=T0 + 3599).status == 200 and core.refused == 0
+
+    first, again = get(core, path, now=T0 + 3600), get(core, "/latest/meta-data/Ram/security-credentials/" + ROLE, now=T0 + 9999)
+    for answer in (first, again):
+        assert (answer.status, answer.content_type) == (503, "application/json")
+        document = json.loads(answer.body)
+        assert document["Code"] == "CredentialUnavailable" != "Success" and document["Expiration"] == iso(T0 + 3600)
+        assert CREDENTIALS.access_key_secret not in answer.body and CREDENTIALS.security_token not in answer.body
+    assert core.refused == 2
+    assert first.log is not None and first.log.event == "credential_expired_unserved" and again.log is None  # once per credential
+    assert first.log.fields["access_key_id"] == CREDENTIALS.access_key_id and "access_key_secret" not in first.log.fields
+    assert get(core, "/latest/meta-data/ram/security-credentials/", now=T0 + 9999).body == ROLE  # the role is still attached
+
+    fresh = m.InstanceCredentials(access_key_id="STS.fresh", access_key_secret="s2", security_token="t2",
+                                  expiration=T0 + 20000, last_updated=T0 + 10000)
+    effects = push(core, view(generation=3, role=ROLE, credentials=fresh), now=T0 + 10000)
+    [back] = [e for e in effects if e.event == "credential_available_again"]
+    assert back.fields == {"instance_id": IID, "role": ROLE, "expired": CREDENTIALS.access_key_id, "refused": 2,
+                           "access_key_id": "STS.fresh"}
+    answer = get(core, path, now=T0 + 10000)
+    assert answer.status == 200 and json.loads(answer.body)["AccessKeyId"] == "STS.fresh" and core.refused == 2
+
+
+def test_a_view_whose_credential_already_expired_is_refused_too() -> None:
+    stale = m.InstanceCredentials(access_key_id="STS.stale", access_key_secret="s", security_token="t",
+                                  expiration=T0 - 1, last_updated=T0 - 3601)
+    core = serving(view(role=ROLE, credentials=stale))
+    assert get(core, f"/latest/meta-data/ram/security-credentials/{ROLE}").status == 503
+    # a view that is no fresher ends nothing: still refused, no "available again"
+    assert not [e for e in push(core, view(generation=3, role=ROLE, credentials=stale)) if e.event == "credential_available_again"]
+    assert get(core, f"/latest/meta-data/ram/security-credentials/{ROLE}").status == 503 and core.refused == 2
+
+
 @pytest.mark.parametrize("name", ["OtherRole", "MyApplicationRol", "myapplicationrole", f"{ROLE}/extra"])
 def test_wrong_role_name_is_404(name: str) -> None:
     core = serving(view(role=ROLE, credentials=CREDENTIALS))
