@@ -20,6 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from services.metadata.core import MetadataCore
+from services.runtime.chaos import as_seen_by
 from services.runtime.clock import Clock
 
 Announce = Callable[[str, str], Awaitable[None]]
@@ -114,8 +115,10 @@ class Listeners(Ways):
                 return web.Response(status=405, text="CONNECT is not supported: use plain http (protocol='http')")
             if request.raw_path.startswith("http://") and request.host.split(":")[0] != METADATA_HOST:
                 return await self.forward(request)
-            answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
-            return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+            offset = getattr(self.clock, "offsets", {}).get(instance_id, 0.0)  # a clock-skew fault on this instance
+            answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now() + offset)
+            body = as_seen_by(answer.body, offset) if offset else answer.body
+            return web.Response(status=answer.status, text=body, content_type=answer.content_type)
 
         runner = web.ServerRunner(web.Server(handler), access_log=None)
         await runner.setup()
