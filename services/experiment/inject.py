@@ -78,7 +78,7 @@ class Injector:
     def __init__(self, cluster: Cluster, recorder: Recorder | None = None, *, seed: int = 0, ack_timeout: float = 5.0,
                  say: Callable[[str], None] = lambda line: None) -> None:
         self.cluster, self.recorder, self.seed, self.ack_timeout, self.say = cluster, recorder, seed, ack_timeout, say
-        self.operator = soak.Operator(cluster, "inject")
+        self.operator = soak.Operator(cluster, f"inject-{id(self):x}")  # its own MQTT client id
         self.active: dict[str, contextlib.AsyncExitStack] = {}
         self.started: dict[str, float] = {}
         self.healed: dict[str, float] = {}  # fault id -> wall time its heal completed

@@ -90,7 +90,7 @@ class _Direction:
     losses: int = 0         # consecutive losses (the RTO's backoff)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Link:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None
@@ -217,11 +217,11 @@ class Proxy:
             self.stats.lost_chunks += 1
         else:
             way.losses = 0
-        start = max(way.due, now + delay)
-        way.due = start + (size / t.bandwidth if t.bandwidth else 0.0)
+        # the chunk is through once its last byte is: after the one before it, and its own size at the bandwidth
+        way.due = max(way.due, now + delay) + (size / t.bandwidth if t.bandwidth else 0.0)
         if way.due > now:
             self.stats.delayed_chunks += 1
-        return start
+        return way.due
 
     def _latency(self, t: Toxics) -> float:
         if not t.jitter:
