@@ -8,7 +8,7 @@ effects (Reply, Send, Request, Publish, Log) over a simulated bus:
 
 * **Bus.** A Publish reaches every node whose filters match the topic (:func:`protocol.topics.matches`,
   cached per topic); Send/Reply/Request go to the destination's inbox. Every message takes the
-  base ``latency`` plus its sender's up-link and its receiver's down-link delays. A message for a
+  base ``latency`` (plus up to ``jitter``, uniform) plus its sender's up-link and its receiver's down-link delays. A message for a
   node that is down waits at the broker (a persistent session) until it is back; one for a
   paused node queues in its inbox. A Request with no reply within ``request_timeout`` is answered
   by :func:`protocol.errors.timeout` (an indefinite error), as the driver does.
@@ -147,11 +147,13 @@ class Node:
 
 
 class Simulation:
-    def __init__(self, seed: int, *, latency: float = 0.001, request_timeout: float = 5.0, origin: float = EPOCH) -> None:
+    def __init__(self, seed: int, *, latency: float = 0.001, jitter: float = 0.001, request_timeout: float = 5.0,
+                 origin: float = EPOCH) -> None:
         self.seed = seed
         self.now = origin
         self.origin = origin
         self.latency = latency
+        self.jitter = jitter
         self.request_timeout = request_timeout
         self.nodes: dict[str, Node] = {}
         self.rules: list[MessageRule] = []
@@ -330,7 +332,7 @@ class Simulation:
     def _publish(self, node: Node, topic: str, env: Envelope) -> None:
         """``node`` sends ``env``: its up-link, the broker, each receiver's down-link; one event per
         delivery (the broker's hop is no event of its own: the broker's state at sending decides)."""
-        delay = self.latency
+        delay = self.latency + self.jitter * self._bus.random()
         link = node.link
         if link is not None and link.direction != "down":
             extra = self._link_delay(link, env)
