@@ -122,22 +122,30 @@ class Engine:
                                       expiration=getattr(body, "expiration", self.t0) - self.t0))
 
     def _stepped(self, node: Any, cause: Any) -> None:
-        """After an agent applied a view: did what it serves for that instance change?"""
-        if cause is None or not isinstance(cause.body, m.InstanceChanged) or not isinstance(node.core, MetadataCore):
+        """After an agent's step: did what it serves change? (A pushed view names its instance; a
+        registration's answer, after a restart or a reconnect, may change any of the host's.)"""
+        if not isinstance(node.core, MetadataCore):
             return
-        instance_id = cause.body.view.instance_id
+        if cause is not None and isinstance(cause.body, m.InstanceChanged):
+            self._serving(node, cause.body.view.instance_id)
+        elif cause is None:
+            for instance_id in list(node.core.views):
+                self._serving(node, instance_id)
+
+    def _serving(self, node: Any, instance_id: str) -> None:
         view = node.core.views.get(instance_id)
         serving = view.credentials if view is not None and view.ram_role_name and not view.deleted else None
         key = serving.access_key_id if serving is not None else ""
         if key == self.visible.get(instance_id, ""):
             return
         self.visible[instance_id] = key
-        if self.sim.now >= self.t0:
-            if serving is not None:
-                self.records.append(Event(at=self._t(), name="CredentialVisible", src=node.node_id, instance_id=instance_id,
-                                          role=view.ram_role_name, access_key_id=key, expiration=serving.expiration - self.t0))
-            else:
-                self.records.append(Event(at=self._t(), name="CredentialGone", src=node.node_id, instance_id=instance_id))
+        if self.sim.now < self.t0:
+            return
+        if serving is not None:
+            self.records.append(Event(at=self._t(), name="CredentialVisible", src=node.node_id, instance_id=instance_id,
+                                      role=view.ram_role_name, access_key_id=key, expiration=serving.expiration - self.t0))
+        else:
+            self.records.append(Event(at=self._t(), name="CredentialGone", src=node.node_id, instance_id=instance_id))
 
     # -- the operator -------------------------------------------------------------------------
     def _operate(self, dest: str, body: Any, then: Callable[[Any, float], None]) -> None:
@@ -245,15 +253,16 @@ class Engine:
         elif isinstance(step, s.RestartControlPlane):
             for node in ("ram", "sts", "ecs"):
                 self.sim.kill(node)
-            self.sim.at(self.sim.now + RESTART_AFTER, self._restart_control_plane)
+            self.sim.at(self.sim.now + RESTART_AFTER, self._restart_control_plane, self._t())
         elif isinstance(step, s.Heal):
             self._heal(step.heal)
         else:
             self._inject(step, step.id or f"{kind(step)}-{index}")
 
-    def _restart_control_plane(self) -> None:
+    def _restart_control_plane(self, since: float) -> None:
         for node in ("ram", "sts", "ecs"):
             self.sim.start(node)
+            self.records.append(Fault(start=since, end=self._t(), kind="restart", target=node))
 
     def _inject(self, f: s.Fault, fault_id: str) -> None:
         sim, target = self.sim, f.target
@@ -283,8 +292,7 @@ class Engine:
             if f.instance is not None:
                 self.skews[self.instance_ids[f.instance]] = f.skew
             else:
-                assert node is not None
-                node.skew = f.skew
+                sim.set_skew(target, f.skew)
         elif isinstance(f, s.ApiErrors):
             assert node is not None
             rule = ApiRule(throttle=f.throttle, error_5xx=f.error_5xx)
@@ -326,8 +334,7 @@ class Engine:
             if f.instance is not None:
                 self.skews.pop(self.instance_ids[f.instance], None)
             else:
-                assert node is not None
-                node.skew = 0.0
+                sim.set_skew(target, 0.0)
         elif isinstance(f, s.ApiErrors):
             assert node is not None
             node.api.remove(self.acted[fault_id][0])
@@ -429,7 +436,11 @@ class Engine:
             self.records.append(Call(at=self._t(), instance_id=instance_id, operation=app.operation, outcome=outcome,
                                      latency_ms=round((sim.now - started) * 1000, 3), code=code))
 
-        app_core = sim.nodes["oss"].core
+        enforcement = sim.nodes["oss"]
+        if not enforcement.up or enforcement.paused:
+            done("error", "ServiceUnavailable", sim.now)
+            return
+        app_core = enforcement.core
         read = self._reader(instance_id)
         held = app_core.credential(instance_id, read or (lambda path: (NO_ANSWER, "")), sim.now + self.skews.get(instance_id, 0.0))
         if held is None:

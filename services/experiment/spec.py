@@ -551,6 +551,8 @@ def _timeline(x: Experiment, total: int) -> list[tuple[Path, str]]:
             out.append((here + ("role",), f"no role {step.role!r} in topology.roles"))
         if isinstance(step, (AttachRole, DetachRole, StopInstances)):
             out += _selection(step.instances, total, here + ("instances",))
+        if isinstance(step, StopInstances):
+            out.append((here + ("do",), "stop_instances: ramsim's ECS has no StopInstances yet"))
         if isinstance(step, RunInstances):
             if step.count < 1:
                 out.append((here + ("count",), "must be at least 1"))

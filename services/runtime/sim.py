@@ -218,6 +218,9 @@ class Simulation:
             effects += node.core.load(rows, self.clock(node))
         effects += node.core.on_timer(self.clock(node))
         self._perform(node, effects, None)
+        node.timer_at = None
+        node.timer_token += 1
+        self._arm(node)
         parked, node.parked = node.parked, []
         for topic, env in parked:
             self._arrive(node, topic, env)
@@ -263,6 +266,15 @@ class Simulation:
         hook = getattr(node.core, "on_reconnect", None) if node.up else None
         if hook is not None:
             self._step(node, lambda now: hook(now), None)
+
+    def set_skew(self, node_id: str, skew: float) -> None:
+        """The node's clock is off by ``skew`` seconds from now on (its timer re-read on its clock)."""
+        node = self.nodes[node_id]
+        node.skew = skew
+        if node.up:
+            node.timer_at = None
+            node.timer_token += 1
+            self._arm(node)
 
     def clock(self, node: Node) -> float:
         return self.now + node.skew
