@@ -7,7 +7,7 @@ the line and the field (``exp.yaml:14: timeline[2].for: expected a duration like
 
 Values a person writes are parsed here, once: durations (``150ms``, ``30s``, ``25m``, ``2h``,
 ``1d`` or a number of seconds) become seconds, percentages (``5%`` or a probability ``0.05``)
-become probabilities, rates (``2/s``, ``30/m``, ``100/h`` or a number per second) become calls per
+become probabilities, rates (``2/s``, ``30/m``, ``1/10m``, ``100/h`` or a number per second) become calls per
 second, bandwidths (``64kbps``, ``1mbps``) become bits per second, clock skews (``+5m``, ``-30s``)
 signed seconds. The JSON Schema (:func:`schema`) is generated from these Structs; the published
 copy is ``docs/experiment.schema.json`` (``ramsim experiment schema`` prints it).
@@ -39,7 +39,7 @@ class Percent(float):
 
 
 class Rate(float):
-    """Events per second (> 0). Written ``2/s``, ``30/m``, ``100/h`` or a number per second."""
+    """Events per second (> 0). Written ``2/s``, ``30/m``, ``1/10m``, ``100/h`` or a number per second."""
 
 
 class Bandwidth(float):
@@ -49,7 +49,7 @@ class Bandwidth(float):
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*([+-]?)(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h|d)\s*$")
 _BANDWIDTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bps|kbps|mbps|gbps)\s*$", re.IGNORECASE)
 _BANDWIDTH_UNITS = {"bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9}
 
@@ -83,9 +83,9 @@ def parse_percent(value: Any) -> float:
 def parse_rate(value: Any) -> float:
     r = _number(value)
     if r is None and isinstance(value, str) and (match := _RATE.match(value)):
-        r = float(match.group(1)) / _UNITS[match.group(2)]
+        r = float(match.group(1)) / (float(match.group(2) or 1) * _UNITS[match.group(3)])
     if r is None or r <= 0:
-        raise ValueError(f"expected a rate like 2/s, 30/m or 100/h, got {value!r}")
+        raise ValueError(f"expected a rate like 2/s, 30/m, 1/10m or 100/h, got {value!r}")
     return r
 
 
@@ -107,7 +107,7 @@ _SCHEMAS = {
            "description": Skew.__doc__},
     Percent: {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string", "pattern": r"^\d+(\.\d+)?%$"}],
               "description": Percent.__doc__},
-    Rate: {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": r"^\d+(\.\d+)?/(s|m|h)$"}],
+    Rate: {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": r"^\d+(\.\d+)?/(\d+(\.\d+)?)?(ms|s|m|h|d)$"}],
            "description": Rate.__doc__},
     Bandwidth: {"type": "string", "pattern": r"^\d+(\.\d+)?([kKmMgG])?bps$", "description": Bandwidth.__doc__},
 }

@@ -82,6 +82,7 @@ def test_skews_are_signed():
 
 @pytest.mark.parametrize("text, parse, value", [("5%", spec.parse_percent, 0.05), (0.3, spec.parse_percent, 0.3),
                                                 ("2/s", spec.parse_rate, 2), ("100/h", spec.parse_rate, 100 / 3600),
+                                                ("1/10m", spec.parse_rate, 1 / 600),
                                                 ("1mbps", spec.parse_bandwidth, 1e6)])
 def test_percentages_rates_bandwidths(text, parse, value):
     assert parse(text) == pytest.approx(value)
@@ -108,7 +109,7 @@ def _edit(old: str, new: str) -> str:
 @pytest.mark.parametrize("old, new, expected", [
     ("for: 20m", "for: soon", "exp.yaml:19: timeline[1].for: expected a duration like 30s, got 'soon'"),
     ("latency: 200ms", "latncy: 200ms", "exp.yaml:20: timeline[2].latncy: unknown field"),
-    ("rate: 30/m", "rate: fast", "exp.yaml:16: topology.apps[0].rate: expected a rate like 2/s, 30/m or 100/h, got 'fast'"),
+    ("rate: 30/m", "rate: fast", "exp.yaml:16: topology.apps[0].rate: expected a rate like 2/s, 30/m, 1/10m or 100/h, got 'fast'"),
     ("hosts: 2", "hosts: two", "exp.yaml:11: topology.hosts: expected `int`, got `str`"),
     ("fault: pause", "fault: freeze", "exp.yaml:19: timeline[1].fault: invalid value 'freeze'"),
     ("do: attach_role, role: AppRole", "do: attach_role, role: NoRole", "exp.yaml:18: timeline[0].role: no role 'NoRole' in topology.roles"),
