@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +226,9 @@ def start_apps(run: Run, indexes: range) -> None:
     """The workload on each instance of ``indexes`` an app of the topology chooses, until the run's end."""
     from services.cli import app
 
+    # Each failed credential fetch is one of the application's outcomes, counted and recorded; the
+    # credentials SDK also logs a traceback for it, which would flood the run's terminal.
+    logging.getLogger("credentials").setLevel(logging.CRITICAL)
     total = run.x.total_instances()
     remaining = max(0.0, run.start + run.x.settings.duration / run.scale - time.time())
     for workload in run.x.topology.apps:

@@ -25,6 +25,7 @@ from protocol.messages.common import Ping, PingOk
 from protocol.times import parse_iso
 from services.cli import api
 from services.cli.supervision import RestartPolicy
+from services.cli.up import Options, UpError, running_cluster
 from services.experiment.inject import Injector
 from services.experiment.proxy import Toxics
 from services.faults.history import Fault
@@ -83,6 +84,12 @@ async def test_process_and_link_faults_act_and_heal(make_cluster) -> None:  # no
                                                       ("kill", "mosquitto"), ("link", AGENT), ("link", AGENT), ("link", AGENT)]
     assert all(w.end is not None and w.end >= w.start for w in windows)
     assert set(faults.healed) == {"stop", "k", "t", "b", "slow", "cut", "rst"}
+
+
+async def test_a_proxy_for_no_such_child_is_refused(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(UpError, match="--proxy nope: not a child of this cluster"):
+        async with running_cluster(Options(state_dir=tmp_path, instances=0, proxies=("nope",))):
+            pass
 
 
 async def test_message_api_and_clock_faults_act_and_heal(make_cluster) -> None:  # noqa: ANN001

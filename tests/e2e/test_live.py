@@ -32,6 +32,7 @@ timeline:
   - {at: 65m, fault: api_errors, target: sts, throttle: 50%, for: 10m}
   - {at: 80m, fault: clock_skew, instance: 1, skew: +10m, id: skewed}
   - {at: 90m, fault: kill, target: ecs}
+  - {at: 95m, do: restart_control_plane}
   - {at: 100m, heal: skewed}
 checks:
   - invariant: never_serves_expired
@@ -47,7 +48,8 @@ async def test_an_experiment_runs_live_with_every_fault_healed(tmp_path: Path) -
     history = await run_live(spec.loads(EXPERIMENT, "live-smoke.yaml"), tmp_path, lambda done, line: lines.append((done, line)))
     windows = {(w.kind, w.target): w for w in history.of(Fault)}
     assert set(windows) == {("pause", "sts"), ("link", "metadata-host-1"), ("message", "*"), ("api_errors", "sts"),
-                            ("clock_skew", "metadata-host-1"), ("kill", "ecs")}
+                            ("clock_skew", "metadata-host-1"), ("kill", "ecs"), ("kill", "ram"), ("kill", "sts")}
+    assert sum(w.kind == "kill" for w in history.of(Fault)) == 4  # ecs, then the whole control plane
     for (kind, _), starts, lasts in ((("pause", "sts"), 1200, 600), (("link", "metadata-host-1"), 2100, 600),
                                       (("api_errors", "sts"), 3900, 600), (("clock_skew", "metadata-host-1"), 4800, 1200)):
         w = next(w for w in history.of(Fault) if w.kind == kind)
