@@ -25,11 +25,15 @@ from protocol.messages.common import Ping, PingOk
 from protocol.times import parse_iso
 from services.cli import api
 from services.cli.supervision import RestartPolicy
+from services.cli.up import Options, UpError, running_cluster
 from services.experiment.inject import Injector
 from services.experiment.proxy import Toxics
 from services.faults.history import Fault
 from services.faults.recorder import Recorder
 from services.faults.soak import until
+from services.runtime import chaos
+from services.runtime.bus import BusError
+from services.runtime.mqtt_bus import MqttBus
 from tests.e2e.conftest import credentials, make_role, metadata_url, wait_until
 
 AGENT = "metadata-host-1"
@@ -83,6 +87,38 @@ async def test_process_and_link_faults_act_and_heal(make_cluster) -> None:  # no
                                                       ("kill", "mosquitto"), ("link", AGENT), ("link", AGENT), ("link", AGENT)]
     assert all(w.end is not None and w.end >= w.start for w in windows)
     assert set(faults.healed) == {"stop", "k", "t", "b", "slow", "cut", "rst"}
+
+
+async def test_only_the_operator_sets_faults_and_each_node_reads_only_its_own(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    forger = await MqttBus.connect(cluster.broker_url("ram"), "test-forger", persistent=False)
+    seen: list[bytes] = []
+    try:
+        throttled = chaos.Faults(version=1000, api=[chaos.ApiFault(id="forged", throttle=1.0)])
+        await forger.publish(topics.control("sts"), chaos.encode(throttled))  # ram may not: the broker drops it
+        try:
+            await forger.subscribe(topics.control("sts"), lambda topic, payload: _append(seen, payload))
+        except BusError:
+            pass  # refused outright: as good as reading nothing
+        async with Injector(cluster) as faults:
+            await faults.api_errors("real", "sts", throttle=1.0)  # the operator's, acknowledged by sts itself
+            assert faults.applied["sts"] == 1  # not 1000: the forged state never reached sts
+            with pytest.raises(api.ApiError, match="Throttling.User"):
+                await asyncio.to_thread(cluster.call, "sts", "GetCallerIdentity")
+        assert seen == []  # ram never read what was sent to sts
+        await asyncio.to_thread(cluster.call, "sts", "GetCallerIdentity")  # healed on the way out
+    finally:
+        await forger.close()
+
+
+async def _append(into: list[bytes], payload: bytes) -> None:
+    into.append(payload)
+
+
+async def test_a_proxy_for_no_such_child_is_refused(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(UpError, match="--proxy nope: not a child of this cluster"):
+        async with running_cluster(Options(state_dir=tmp_path, instances=0, proxies=("nope",))):
+            pass
 
 
 async def test_message_api_and_clock_faults_act_and_heal(make_cluster) -> None:  # noqa: ANN001
