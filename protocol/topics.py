@@ -6,6 +6,8 @@ Layout (``ramsim/v1`` prefix)::
     ramsim/v1/event/<service>/<EventName>          broadcast events
     ramsim/v1/host/<host>/instance/<instance>      ECS -> the metadata agent of <host>
     ramsim/v1/deadletter/<node>                    what <node> dropped, and why (never the payload)
+    ramsim/v1/control/<node>                       the faults the operator sets on <node> (experiments)
+    ramsim/v1/control/<node>/applied               <node>'s acknowledgement of the faults it now obeys
 
 The topics are shaped for broker ACLs (``services/cli/broker.py``): a node's broker identity
 is its node id, the broker lets it publish direct messages only under ``from/<its id>`` and
@@ -82,6 +84,16 @@ def deadletter(node: str) -> str:
 def deadletters(node: str = ANY) -> str:
     """Filter for the dead letters of ``node`` (default: of every node)."""
     return f"{PREFIX}/deadletter/{_segment_or_any(node)}"
+
+
+def control(node: str = ANY) -> str:
+    """The faults the operator sets on ``node`` (default: the filter for every node's)."""
+    return f"{PREFIX}/control/{_segment_or_any(node)}"
+
+
+def control_applied(node: str = ANY) -> str:
+    """Where ``node`` acknowledges the faults it now obeys (default: the filter for every node's)."""
+    return f"{PREFIX}/control/{_segment_or_any(node)}/applied"
 
 
 def matches(topic_filter: str, topic: str) -> bool:

@@ -10,20 +10,23 @@ touches the disk.
 =====================  ========================================  =====================================
 identity               writes                                    reads
 =====================  ========================================  =====================================
-everyone (pattern)     ``node/+/from/<me>`` (direct messages),   ``node/<me>/from/+`` (its inbox)
-                       ``deadletter/<me>`` (what it dropped)
+everyone (pattern)     ``node/+/from/<me>`` (direct messages),   ``node/<me>/from/+`` (its inbox),
+                       ``deadletter/<me>`` (what it dropped),    ``control/<me>`` (faults set on it)
+                       ``control/<me>/applied`` (their ack)
 ``ram``                ``event/ram/+``
 ``sts``                ``event/sts/+``
 ``ecs``                ``event/ecs/+``, ``host/+/instance/+``    ``event/ram/+``
 ``oss``                                                          ``event/ram/+``
 ``metadata-host-<n>``                                            ``host/host-<n>/instance/+``
 ``gateway``
-``operator``           ``event/app/+`` (``ramsim app``'s calls)
+``operator``           ``event/app/+`` (``ramsim app``'s calls),  ``control/+/applied``
+                       ``control/+`` (experiments' faults)
 ``observer``                                                     ``event/+/+``, ``deadletter/+``
                                                                  (monitoring, tests)
 =====================  ========================================  =====================================
 
-No other identity publishes events (the operator only the workload's ``event/app/+``) or host topics, and nothing reads another node's inbox, so the
+Only the operator sets faults (``control/<node>``, :mod:`services.runtime.chaos`), and each node
+reads only its own. No other identity publishes events (the operator only the workload's ``event/app/+``) or host topics, and nothing reads another node's inbox, so the
 ``from`` segment of a direct message names its real sender (receivers drop an envelope whose
 ``src`` disagrees) and only ECS can hand credentials to a host. A node's dead letters (what it
 dropped, and why: never the payload) are written by that node alone and read by the observer
@@ -62,11 +65,13 @@ class Rule:
 
 
 # Every identity: send direct messages only under its own name (from/<me>), read only its own inbox,
-# record only its own dead letters.
+# record only its own dead letters, obey only the faults set on it (and acknowledge them).
 PATTERNS: tuple[Rule, ...] = (
     Rule("write", topics.outbox_filter("%u")),
     Rule("read", topics.inbox_filter("%u")),
     Rule("write", topics.deadletter("%u")),
+    Rule("read", topics.control("%u")),
+    Rule("write", topics.control_applied("%u")),
 )
 
 # What each identity may do beyond the patterns. Metadata agents are added per host.
@@ -77,7 +82,8 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
             Rule("read", topics.events("ram"))),
     "gateway": (),
     "oss": (Rule("read", topics.events("ram")),),
-    OPERATOR: (Rule("write", topics.events("app")),),  # `ramsim app` joins as the operator and reports each call
+    OPERATOR: (Rule("write", topics.events("app")),  # `ramsim app` joins as the operator and reports each call
+               Rule("write", topics.control()), Rule("read", topics.control_applied())),  # experiments set faults
     OBSERVER: (Rule("read", topics.events()), Rule("read", topics.deadletters())),
 }
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("services.cli.app", "run an application on an instance: OSS calls with its role's credentials, measured"),
     "check": ("services.cli.check", "check a recorded fault-run history (JSON lines) against the durability invariants"),
     "soak": ("services.faults.soak", "random faults (kill -9, broker restarts, pauses) for minutes, then the checker"),
+    "experiment": ("services.experiment.cli", "run an experiment file (timeline of actions and faults, checks) live or --sim; a verdict and plots"),
     **{product: ("services.cli.product", f"call {product.upper()} API version {version}, like Alibaba's aliyun CLI")
        for product, version in sorted(VERSIONS.items())},
 }
@@ -40,6 +41,7 @@ EPILOG = """examples:
   ramsim app i-... --rate 20 --duration 30
   ramsim check run.jsonl --detach-bound 1 --grace 5
   ramsim soak --minutes 10 --seed 7
+  ramsim experiment run deploy/experiments/slow-sts.yaml --sim --seed 3
 `ramsim COMMAND --help` tells more. The cluster is found with --cluster-file, else $RAMSIM_CLUSTER,
 else .ramsim/cluster.json."""
 

@@ -80,6 +80,7 @@ class Options:
     metadata_mode: str = "port"  # "netns": each instance a network namespace reaching 100.100.100.200 (root)
     ports: dict[str, int] = field(default_factory=dict)  # "broker"/"gateway"/"oss": a fixed loopback port (else kept or free)
     restart_policy: supervision.RestartPolicy = supervision.RestartPolicy()
+    proxies: tuple[str, ...] = ()  # children that reach the broker through a TCP proxy (services/experiment/proxy.py)
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -182,6 +183,7 @@ class Cluster:
     resumed: bool = False                                    # a previous cluster's state dir, not a new cluster
     supervisor: asyncio.Task[str] | None = None              # ends only on a crash loop, returning what to tell
     announced: bool = False                                  # the cluster file is written (rewrite it on restarts)
+    proxies: dict[str, Any] = field(default_factory=dict)    # child name -> its link's Proxy (Options.proxies)
 
     def broker_url(self, identity: str = broker.OPERATOR) -> str:
         """The broker URL (with its password) of one of the cluster's identities."""
@@ -437,6 +439,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
             base_env.pop(name, None)
         processes: list[Process] = []
         running: Cluster | None = None
+        proxies: dict[str, Any] = {}
         try:
             say(f"starting mosquitto on 127.0.0.1:{port}")
             processes.append(await _spawn("mosquitto", [mosquitto, "-c", str(conf)], base_env, state / "logs" / "mosquitto.out"))
@@ -449,10 +452,11 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                     ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
             plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
                      for host in hosts]
+            proxies = await _start_proxies(options.proxies, [n for n, _ in plan], port)
             for name, extra in plan:
                 module = name.split("-")[0]
                 env = {**base_env, **extra, "RAMSIM_STATE_KEY": kept.state_key,  # every service seals its secrets at rest
-                       "RAMSIM_BROKER_URL": identities.url(name, "127.0.0.1", port)}  # node id = identity
+                       "RAMSIM_BROKER_URL": identities.url(name, "127.0.0.1", proxies[name].port if name in proxies else port)}
                 processes.append(await _spawn(name, [py, "-m", f"services.{module}"], env, state / "logs" / f"{name}.log"))
             say(f"started {', '.join(n for n, _ in plan)}; waiting until each answers on the bus")
             operator_url = identities.url(broker.OPERATOR, "127.0.0.1", port)
@@ -468,7 +472,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                 region_id=settings.region_id, access_key_id=kept.root_access_key_id, access_key_secret=kept.root_access_key_secret,
                 state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin, pid=os.getpid(),
                 services={p.name: p.proc.pid for p in processes})
-            running = Cluster(options, file, path, processes, identities, port, resumed=resumed)
+            running = Cluster(options, file, path, processes, identities, port, resumed=resumed, proxies=proxies)
             running.supervisor = asyncio.create_task(_supervise(running), name="ramsim-up:supervisor")
             if options.instances:
                 say(f"launching {options.instances} instance(s)")
@@ -484,9 +488,24 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                     await running.supervisor
             say("stopping the cluster")
             await _stop(processes)
+            for proxy in proxies.values():
+                await proxy.close()
             with contextlib.suppress(FileNotFoundError):
                 if path.exists() and cluster.load(path).pid == os.getpid():
                     path.unlink()
+
+
+async def _start_proxies(names: tuple[str, ...], children: list[str], broker_port: int) -> dict[str, Any]:
+    """A TCP proxy to the broker for each child named (its link, which an experiment can degrade)."""
+    unknown = sorted(set(names) - set(children))
+    if unknown:
+        raise UpError(f"--proxy {','.join(unknown)}: not a child of this cluster; choose from {', '.join(children)}")
+    from services.experiment.proxy import Proxy
+
+    proxies = {name: Proxy(name, broker_port) for name in names}
+    for proxy in proxies.values():
+        await proxy.start()
+    return proxies
 
 
 def launch_instances(running: Cluster, count: int, deadline: float) -> list[str]:
@@ -575,6 +594,7 @@ def options(args: argparse.Namespace, progress: bool) -> Options:
                    log_format=getattr(args, "log_format", "json"), reset=getattr(args, "reset", False),
                    metadata_mode=getattr(args, "metadata_mode", "port"),
                    ports={what: getattr(args, f"{what}_port", 0) or 0 for what in PORTS},
+                   proxies=tuple(n for n in (getattr(args, "proxy", "") or "").split(",") if n),
                    progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
 
 
@@ -600,6 +620,9 @@ def add_parser(sub: Any) -> None:
         p.add_argument(f"--{what}-port", type=int, default=0, metavar="PORT",
                        help=f"the {what}'s loopback port (default: the one this state dir used before, if free, else any free one)")
     p.add_argument("--log-format", choices=("json", "console"), default="json", help="service log format (default json)")
+    p.add_argument("--proxy", default="", metavar="NAMES",
+                   help="children (e.g. ecs,metadata-host-1) that reach the broker through a TCP proxy in this process, "
+                        "whose link an experiment can slow, break or partition (default none)")
     p.add_argument("--metadata-mode", choices=("port", "netns"), default="port",
                    help="port: each instance's metadata view is a loopback port (default); netns: each instance is a "
                         "network namespace (rsi-<id>) where http://100.100.100.200 answers by source address, so an "

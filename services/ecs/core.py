@@ -20,6 +20,7 @@ Instance states (only these transitions exist)::
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -149,6 +150,7 @@ class EcsCore:
         self.hosts: list[str] = []
         self._next_host = 0
         self._order: list[InstanceRecord] = []
+        self._due: list[tuple[float, str]] = []  # (due_at, instance id), lazily pruned: the next refresh without a scan
         self._table = {
             m.RegisterHost: self._register_host,
             m.InstanceEndpointReady: self._endpoint_ready,
@@ -182,13 +184,25 @@ class EcsCore:
 
     def on_timer(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
-        for record in self.instances.values():
-            if record.due_at is not None and record.due_at <= now and record.role_name:
-                effects += self._fetch(record, None)
+        while (deadline := self.next_deadline()) is not None and deadline <= now:
+            _, instance_id = heapq.heappop(self._due)
+            effects += self._fetch(self.instances[instance_id], None)
         return effects
 
     def next_deadline(self) -> float | None:
-        return min((r.due_at for r in self.instances.values() if r.due_at is not None and r.role_name), default=None)
+        """The earliest due refresh; entries the record no longer agrees with are dropped as found."""
+        due = self._due
+        while due:
+            at, instance_id = due[0]
+            record = self.instances.get(instance_id)
+            if record is not None and record.due_at == at and record.role_name:
+                return at
+            heapq.heappop(due)
+        return None
+
+    def _schedule(self, record: InstanceRecord, at: float) -> None:
+        record.due_at = at
+        heapq.heappush(self._due, (at, record.instance.instance_id))
 
     # -- durable state --------------------------------------------------------------------
     def dump(self) -> dict[str, dict[str, object]]:
@@ -208,6 +222,8 @@ class EcsCore:
         window = min(self.refresh_before / 4, RESTART_SPREAD * len(overdue))
         for record in overdue:
             record.due_at = now + window * self._jitter()
+        self._due = [(r.due_at, i) for i, r in self.instances.items() if r.due_at is not None]
+        heapq.heapify(self._due)
         return [Log("instances_restored", "info", {"instances": len(self.instances), "overdue": len(overdue),
                                                    "spread_seconds": round(window, 3)})]
 
@@ -529,7 +545,7 @@ class EcsCore:
             record.credentials = m.InstanceCredentials(access_key_id=c.access_key_id, access_key_secret=c.access_key_secret,
                                                        security_token=c.security_token, expiration=expires_at, last_updated=now)
             refresh_at = expires_at - self.refresh_before
-            record.due_at = refresh_at if refresh_at > now else now + (expires_at - now) / 2
+            self._schedule(record, refresh_at if refresh_at > now else now + (expires_at - now) / 2)
             record.failures = 0
             effects.append(self._push(record))
             if first:
@@ -542,7 +558,7 @@ class EcsCore:
         else:
             reason = body.message if isinstance(body, Error) else type(body).__name__
             record.failures += 1
-            record.due_at = now + retry_delay(record.failures, self.refresh_before, self._jitter())
+            self._schedule(record, now + retry_delay(record.failures, self.refresh_before, self._jitter()))
             effects.append(Log("credential_fetch_failed", "warning", {"instance_id": fetch.instance_id, "reason": reason,
                                                                       "failures": record.failures, "retry_at": record.due_at}))
             if fetch.op is not None:  # a failed first issue undoes the attachment

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -27,7 +28,7 @@ import time
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from protocol.messages.common import Ping, PingOk
 from services.cli import api
@@ -76,13 +77,14 @@ async def until(probe: Callable[[], Awaitable[Any]], *, timeout: float, what: st
 class Operator:
     """The cluster's operator identity on the bus (its bus reconnects by itself after a broker restart)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, name: str = "soak") -> None:
         self.cluster = cluster
+        self.name = name  # in the MQTT client id: two operators of one process must not evict each other
         self.bus: MqttBus | None = None
         self.client: BusClient | None = None
 
     async def connect(self) -> None:
-        self.bus = await MqttBus.connect(self.cluster.broker_url(), f"ramsim-soak-{os.getpid()}", persistent=False)
+        self.bus = await MqttBus.connect(self.cluster.broker_url(), f"ramsim-{self.name}-{os.getpid()}", persistent=False)
         clock = ScaledClock(self.cluster.file.time_scale, self.cluster.file.time_origin)
         self.client = await BusClient(self.bus, "operator", clock).start()
 
@@ -96,27 +98,41 @@ class Operator:
             self.bus = None
 
 
-async def kill(cluster: Cluster, operator: Operator, node: str, *, timeout: float = 30.0) -> None:
-    """kill -9 ``node``; return once the supervisor restarted it and every node answers again."""
+async def kill(cluster: Cluster, operator: Operator, node: str, *, timeout: float = 30.0,
+               sig: signal.Signals = signal.SIGKILL) -> None:
+    """kill -9 ``node`` (or send it ``sig``); return once the supervisor restarted it and every node answers again."""
     restarts = cluster.restarts.get(node, 0)
-    os.kill(cluster.process(node).pid, signal.SIGKILL)
+    os.kill(cluster.process(node).pid, sig)
+    await back(cluster, operator, node, restarts, timeout=timeout)
+
+
+async def back(cluster: Cluster, operator: Operator, node: str, restarts: int, *, timeout: float = 30.0) -> None:
+    """Wait until the supervisor restarted ``node`` more than ``restarts`` times and every node answers."""
 
     async def restarted() -> bool:
         return cluster.restarts.get(node, 0) > restarts
 
     await until(restarted, timeout=timeout, what=f"{node} restarted")
-    for other in (n for n in SERVICES if n != "mosquitto"):
+    for other in (p.name for p in cluster.processes if p.name != "mosquitto"):
         await until(lambda: operator.answers(other), timeout=timeout, what=f"{other} answering")
+
+
+@contextlib.contextmanager
+def paused(cluster: Cluster, node: str) -> Iterator[None]:
+    """``node`` SIGSTOPped inside the block, SIGCONT when it is left (however it is left)."""
+    process = cluster.process(node).proc
+    process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)
 
 
 async def pause(cluster: Cluster, node: str, seconds: float) -> None:
     """SIGSTOP ``node`` for ``seconds``, then SIGCONT (also if cancelled meanwhile)."""
-    process = cluster.process(node).proc
-    process.send_signal(signal.SIGSTOP)
-    try:
+    with paused(cluster, node):
         await asyncio.sleep(seconds)  # the fault itself lasts this long
-    finally:
-        process.send_signal(signal.SIGCONT)
 
 
 async def keep_writing(rec: Recorder, prefix: str, stop: asyncio.Event, *, pause: float = 0.05, keep: int = 400) -> int:

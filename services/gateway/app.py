@@ -23,7 +23,6 @@ from protocol.messages.common import AuthenticateOk
 from services.gateway import core
 from services.runtime import service
 from services.runtime.client import BusClient
-from services.runtime.mqtt_bus import MqttBus
 from services.runtime.refusals import RefusingServer
 from services.runtime.service import clock_for
 from services.runtime.settings import Settings
@@ -147,8 +146,9 @@ def respond(body: object, request_id: str, product: str) -> web.Response:
 
 
 async def serve(settings: Settings) -> None:
-    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{NAME}", hold=True)
-    client = await BusClient(bus, NAME, clock_for(settings), ready=False).start()  # "starting" until HTTP listens
+    clock = clock_for(settings)
+    bus = await service.connect(NAME, settings, clock)
+    client = await BusClient(bus, NAME, clock, ready=False).start()  # "starting" until HTTP listens
     nonces = NonceLog(Path(settings.state_dir) / f"{NAME}.db")
     runner = web.ServerRunner(make_server(client, settings, nonces), access_log=None)
     await runner.setup()

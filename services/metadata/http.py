@@ -21,6 +21,7 @@ from aiohttp import web
 from yarl import URL
 
 from services.metadata.core import MetadataCore
+from services.runtime.chaos import as_seen_by
 from services.runtime.clock import Clock
 from services.runtime.refusals import RefusingServer
 
@@ -72,10 +73,12 @@ class Ways:
 
     def answer(self, instance_id: str, request: web.BaseRequest) -> web.Response:
         """The core's answer to ``request`` for ``instance_id`` (logging what the core asks to)."""
-        answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now())
+        offset = getattr(self.clock, "offsets", {}).get(instance_id, 0.0)  # a clock-skew fault on this instance
+        answer = self.core.read(instance_id, request.method, request.path, request.headers, self.clock.now() + offset)
         if answer.log is not None:
             getattr(log, answer.log.level)(answer.log.event, **answer.log.fields)
-        return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+        body = as_seen_by(answer.body, offset) if offset else answer.body
+        return web.Response(status=answer.status, text=body, content_type=answer.content_type)
 
     async def _open(self, instance_id: str) -> str:
         """Open the instance's way in; its URL ("" if it cannot be opened now)."""

@@ -30,7 +30,6 @@ from services.runtime import service
 from services.runtime.bus import Bus
 from services.runtime.client import BusClient, dead_letter
 from services.runtime.effects import Effect, Log, Send
-from services.runtime.mqtt_bus import MqttBus
 from services.runtime.refusals import RefusingServer
 from services.runtime.service import clock_for
 from services.runtime.settings import Settings
@@ -50,7 +49,7 @@ def build(settings: Settings) -> OssCore:
 async def running_oss(bus: Bus, settings: Settings, state_dir: Path, port: int = 0) -> AsyncIterator[str]:
     """Serve OSS on ``bus`` until the context exits; yields the endpoint URL."""
     core = build(settings)
-    clock = clock_for(settings)
+    clock = getattr(bus, "clock", None) or clock_for(settings)  # a ChaosBus's: a clock-skew fault moves it
     rewatch = asyncio.Event()
 
     async def perform(effects: list[Effect], trace_id: str) -> None:
@@ -129,7 +128,7 @@ async def running_oss(bus: Bus, settings: Settings, state_dir: Path, port: int =
 
 
 async def serve(settings: Settings) -> None:
-    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{NAME}", hold=True)
+    bus = await service.connect(NAME, settings, clock_for(settings))
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -20,6 +20,7 @@ import structlog
 
 from services.runtime import logs, private
 from services.runtime.bus import BusError
+from services.runtime.chaos import ChaosBus
 from services.runtime.clock import ScaledClock
 from services.runtime.driver import Driver
 from services.runtime.effects import Core, Durable
@@ -34,6 +35,17 @@ Shell = Callable[[Driver, Settings], AbstractAsyncContextManager[None]]
 
 def clock_for(settings: Settings) -> ScaledClock:
     return ScaledClock(settings.time_scale, settings.time_origin or None)
+
+
+async def connect(node_id: str, settings: Settings, clock: ScaledClock) -> ChaosBus:
+    """The node's bus, held until its owner opens it, obeying the faults an experiment sets on it
+    (none unless one does: :mod:`services.runtime.chaos`)."""
+    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{node_id}", hold=True)
+    try:
+        return await ChaosBus(bus, node_id, clock).start()
+    except BaseException:
+        await bus.close()
+        raise
 
 
 def open_store(node_id: str, settings: Settings, core: Core) -> Store | None:
@@ -51,8 +63,9 @@ async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequ
     entropy = SystemEntropy()
     core = build(settings, entropy)
     store = open_store(node_id, settings, core)
-    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{node_id}", hold=True)
-    driver = Driver(core, bus, clock_for(settings), entropy, request_timeout=settings.request_timeout, store=store)
+    clock = clock_for(settings)
+    bus = await connect(node_id, settings, clock)
+    driver = Driver(core, bus, clock, entropy, request_timeout=settings.request_timeout, store=store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
