@@ -53,7 +53,8 @@ MIN_PROBE_INTERVAL = 0.02    # real seconds between two probes of one instance, 
 HEAL_TIMEOUT = 30.0          # real seconds a killed node may take to be back
 POINTS = ("at", "at_requested", "at_acknowledged", "start", "end", "expiration")  # wall-clock instants in records
 SPANS = ("took",)            # real-second durations in records
-Progress = Callable[[float, str], None]  # (simulated seconds done, a one-line summary)
+TICK = 0.5                   # real seconds between two progress reports while waiting
+Progress = Callable[[float, float, dict[str, int]], None]  # (simulated seconds done, total, tallies), as the sim's
 
 
 class LiveError(ValueError):
@@ -117,12 +118,21 @@ class Run:
         return (time.time() - self.start) * self.scale
 
     async def until(self, at: float) -> None:
-        """Wait until simulated second ``at`` (the schedule itself: a timed wait by design)."""
-        await asyncio.sleep(max(0.0, self.start + at / self.scale - time.time()))
+        """Wait until simulated second ``at`` (the schedule itself: a timed wait by design),
+        reporting progress every :data:`TICK` real seconds meanwhile."""
+        while (left := self.start + at / self.scale - time.time()) > 0:
+            await asyncio.sleep(min(left, TICK))
+            self.report()
+
+    def report(self) -> None:
+        """Tell ``progress`` how far the run is, and its tallies (what the live summary line shows)."""
+        calls = self.rec.history.of(Call)
+        tally = {"calls": len(calls), "ok": sum(c.outcome == "ok" for c in calls), "probes": len(self.rec.history.probes()),
+                 "faults": len(self.faults.started), "active": len(self.faults.active)}
+        self.progress(min(self.now(), self.x.settings.duration), self.x.settings.duration, tally)
 
     def mark(self, text: str) -> None:
         self.rec.mark(text)
-        self.progress(self.now(), text)
 
 
 # -- the timeline -----------------------------------------------------------------------------
@@ -270,17 +280,7 @@ def make_roles(cluster: Cluster, roles: dict[str, s.Role]) -> None:
             cluster.call("ram", "AttachPolicyToRole", PolicyType="System", PolicyName=policy, RoleName=name)
 
 
-async def ticker(run: Run, every: float = 0.5) -> None:
-    """A summary line for the progress bar, ``every`` real seconds."""
-    while True:
-        calls = run.rec.history.of(Call)
-        ok = sum(1 for c in calls if c.outcome == "ok")
-        active = ", ".join(sorted(run.faults.active)) or "none"
-        run.progress(min(run.now(), run.x.settings.duration), f"calls {ok}/{len(calls)} ok; faults active: {active}")
-        await asyncio.sleep(every)
-
-
-async def run_live(x: s.Experiment, out_dir: Path, progress: Progress = lambda done, line: None) -> History:
+async def run_live(x: s.Experiment, out_dir: Path, progress: Progress = lambda done, total, tally: None) -> History:
     """Run ``x`` on a fresh live cluster; the history in simulated seconds since the start
     (also written to ``out_dir/history.jsonl``). Raises :class:`LiveError` before starting for
     what cannot run live."""
@@ -310,18 +310,17 @@ async def _run(x: s.Experiment, out_dir: Path, progress: Progress, runs: list[Ru
                 run = Run(x, cluster, rec, faults, time.time(), progress, instances=instances)
                 runs.append(run)
                 run.mark("start")
-                tick = asyncio.create_task(ticker(run), name="live:progress")
                 finished = False
                 try:
                     start_apps(run, range(len(instances)))
                     for at, step, fault_id in schedule(x):
                         await run.until(at)
                         await act(run, step, fault_id)
+                        run.report()
                     await run.until(x.settings.duration)
                     run.mark("end")
                     finished = True
                 finally:
-                    tick.cancel()
                     await stop_apps(run, grace=10.0 if finished else 0.0)  # a failed run stops them at once
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(asyncio.gather(*run.heals, return_exceptions=True), HEAL_TIMEOUT)

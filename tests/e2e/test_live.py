@@ -44,8 +44,9 @@ class Interrupted(Exception):
 
 
 async def test_an_experiment_runs_live_with_every_fault_healed(tmp_path: Path) -> None:
-    lines: list[tuple[float, str]] = []
-    history = await run_live(spec.loads(EXPERIMENT, "live-smoke.yaml"), tmp_path, lambda done, line: lines.append((done, line)))
+    reports: list[tuple[float, float, dict[str, int]]] = []
+    history = await run_live(spec.loads(EXPERIMENT, "live-smoke.yaml"), tmp_path,
+                             lambda done, total, tally: reports.append((done, total, tally)))
     windows = {(w.kind, w.target): w for w in history.of(Fault)}
     assert set(windows) == {("pause", "sts"), ("link", "metadata-host-1"), ("message", "*"), ("api_errors", "sts"),
                             ("clock_skew", "metadata-host-1"), ("kill", "ecs"), ("kill", "ram"), ("kill", "sts")}
@@ -65,21 +66,24 @@ async def test_an_experiment_runs_live_with_every_fault_healed(tmp_path: Path) -
     calls = history.of(Call)
     assert {c.instance_id for c in calls if c.outcome == "ok"} == served  # both applications got through
     assert decode_jsonl((tmp_path / "history.jsonl").read_bytes()) == history
-    assert lines and max(done for done, _ in lines) >= 7000 and any("calls" in line for _, line in lines)
+    done, total, tally = reports[-1]
+    assert total == 7200 and done >= 7000 and tally["calls"] > 0 and tally["faults"] == 9 and tally["active"] == 0
+    assert len(reports) >= 20  # every half a real second, and after every step
 
 
 async def test_a_run_that_fails_midway_heals_what_it_started_and_keeps_its_history(tmp_path: Path) -> None:
     text = EXPERIMENT.replace("for: 10m, id: sts-down", "for: 90m, id: sts-down")
 
-    def progress(done: float, line: str) -> None:
-        if line.startswith("fault link"):
-            raise Interrupted("while STS is paused")
+    def progress(done: float, total: float, tally: dict[str, int]) -> None:
+        if tally["faults"] == 2:
+            raise Interrupted("while STS is paused and the agent's link slow")
 
     with pytest.raises(Interrupted):
         await run_live(spec.loads(text, "fails.yaml"), tmp_path, progress)
     history = decode_jsonl((tmp_path / "history.jsonl").read_bytes())
-    [pause] = history.of(Fault)
-    assert pause.kind == "pause" and pause.end is not None and 1200 <= pause.start < pause.end < 2100 + 600
+    pause, link = history.of(Fault)
+    assert (pause.kind, link.kind) == ("pause", "link") and pause.end is not None and link.end is not None
+    assert 1200 <= pause.start < link.start <= pause.end < 2100 + 600  # healed at once, not at its `for` (90m)
 
 
 def test_what_cannot_run_live_is_refused_before_anything_starts(tmp_path: Path) -> None:
