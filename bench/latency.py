@@ -111,7 +111,7 @@ async def measure_ping(client: BusClient, rounds: int) -> list[float]:
 async def run_mqtt(rounds: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="ramsim-bench-") as state:
         async with running_cluster(Options(state_dir=Path(state), instances=0)) as running:
-            bus = await MqttBus.connect(running.file.broker_url, "bench", persistent=False)
+            bus = await MqttBus.connect(running.file.broker_url, "ramsim-bench", persistent=False)
             try:
                 client = await BusClient(bus, "operator", ScaledClock()).start()  # node id = the URL's broker identity
                 ping = await measure_ping(client, rounds * 10)

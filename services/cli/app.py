@@ -315,7 +315,7 @@ async def run(options: Options, out: TextIO = sys.stdout, err: TextIO = sys.stde
     import oss2
 
     from services.cli import cluster
-    from services.cli.broker import OPERATOR
+    from services.cli.broker import OPERATOR, tool_client_id
     from services.cli.instances import instances
     from services.runtime.clock import ScaledClock
 
@@ -335,7 +335,7 @@ async def run(options: Options, out: TextIO = sys.stdout, err: TextIO = sys.stde
                          connect_timeout=5)
     events = Events()
     why = await events.start(target.broker_url, OPERATOR, ScaledClock(target.time_scale, target.time_origin),
-                             f"ramsim-app-{options.instance_id}-{os.getpid()}")
+                             tool_client_id(f"app-{options.instance_id}"))
     if why:
         say(why)
     try:

@@ -33,6 +33,16 @@ dropped, and why: never the payload) are written by that node alone and read by 
 alone. Retained messages are off in the broker (``retain_available false``); the bus never sets
 the retain flag.
 
+**Client ids are bound to identities**, so that no identity can take another's session (an MQTT
+broker keeps one connection per client id and closes the older one when a second connects with
+it). Mosquitto has two listeners (:func:`services.cli.up.mosquitto_conf`): services and agents
+connect to the *services* listener, where ``use_username_as_clientid`` replaces whatever client
+id a client sends with its username, so the session of ``ecs`` is held by whoever holds ECS's
+password and nobody else; tools (``ramsim app``, the recorder, tests) connect to the *tools*
+listener with a client id of their own, :func:`tool_client_id`. Every client id a client sends
+must start with :data:`CLIENT_ID_PREFIX` (Mosquitto's ``clientid_prefixes``) and no username
+does, so a tool's id can never be a service's (its username), whatever it sends.
+
 Passwords are stored the way ``mosquitto_passwd`` (Mosquitto 2) stores them: ``$7$``,
 PBKDF2-HMAC-SHA512 with a 12-byte salt and 101 iterations (Mosquitto's default; the passwords
 are 192 random bits, so the iteration count adds nothing), base64.
@@ -51,6 +61,7 @@ from typing import Callable, Iterable, Mapping
 
 from protocol import topics
 
+CLIENT_ID_PREFIX = "ramsim-"  # every client id a client sends starts with it; no username does
 OPERATOR = "operator"   # ``ramsim up``'s readiness pings; tools and tests that join the bus
 OBSERVER = "observer"   # reads every event and every dead letter (monitoring, tests)
 PBKDF2_ITERATIONS = 101
@@ -88,6 +99,16 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
 }
 
 
+def service_client_id(node_id: str) -> str:
+    """The client id a service or agent sends (the services listener replaces it by its username)."""
+    return f"{CLIENT_ID_PREFIX}{node_id}"
+
+
+def tool_client_id(identity: str, random: Callable[[int], bytes] = os.urandom) -> str:
+    """A client id for one tool connection as ``identity``: unique, so two tools never take each other's."""
+    return f"{CLIENT_ID_PREFIX}{identity}-{random(6).hex()}"
+
+
 def host_identity(host_id: str) -> str:
     """The broker identity (and node id) of the metadata agent of ``host_id``."""
     return f"metadata-{host_id}"
@@ -119,7 +140,7 @@ def new_password(random: bytes) -> str:
 
 def password_entry(user: str, password: str, salt: bytes, iterations: int = PBKDF2_ITERATIONS) -> str:
     """One line of Mosquitto 2's ``password_file``: ``user:$7$<iterations>$<salt>$<hash>``."""
-    if not user or ":" in user or "\n" in user:
+    if not user or ":" in user or "\n" in user or user.startswith(CLIENT_ID_PREFIX):
         raise ValueError(f"not usable as a broker username: {user!r}")
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
     return f"{user}:$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"

@@ -49,6 +49,7 @@ class Keys(msgspec.Struct, rename="pascal", kw_only=True):
     broker_port: int
     gateway_port: int
     oss_port: int
+    services_port: int = 0          # the broker's services listener (client id = username); 0 in older keys.json
 
 
 def generate(*, account_id: str, time_origin: float, time_scale: float, broker_port: int, gateway_port: int, oss_port: int,

@@ -116,20 +116,27 @@ def port_free(port: int) -> bool:
             return False
 
 
-def mosquitto_conf(port: int, state_dir: Path, auth: broker.BrokerFiles | None = None) -> str:
+def mosquitto_conf(port: int, state_dir: Path, auth: broker.BrokerFiles | None = None, services_port: int = 0,
+                   bind: str = "127.0.0.1", log_file: Path | None = None) -> str:
     """The broker config ramsim writes. ``set_tcp_nodelay true`` is required (see DESIGN).
 
     With ``auth`` (what ``ramsim up`` always passes) only the identities in its password file
-    may connect, each confined by its ACL file; without it (the tests' bare brokers for the
-    bus contract) the broker is anonymous."""
-    access = ["allow_anonymous false", f"password_file {auth.password_file}", f"acl_file {auth.acl_file}"] \
-        if auth is not None else ["allow_anonymous true"]
+    may connect, each confined by its ACL file, and client ids are bound to identities: the
+    services listener (``services_port``) replaces a client's id with its username, the tools
+    listener (``port``) takes tools' own ids, and every id sent must start with
+    ``broker.CLIENT_ID_PREFIX``, which no username does (services/cli/broker.py says why).
+    Without ``auth`` (the tests' bare brokers for the bus contract) the broker is anonymous."""
+    if auth is not None and not services_port:
+        raise ValueError("a broker with identities needs its services listener")
+    access = ["allow_anonymous false", f"password_file {auth.password_file}", f"acl_file {auth.acl_file}",
+              f"clientid_prefixes {broker.CLIENT_ID_PREFIX}",
+              f"listener {services_port} {bind}", "use_username_as_clientid true"] if auth is not None else ["allow_anonymous true"]
     # Started as root, Mosquitto switches to the `mosquitto` user before it reads the password
     # and ACL files (0600, ours) and opens its log (in our state dir): it would fail on both.
     # Keep it as the user who started it, as it does for anyone else.
     as_root = ["user root"] if getattr(os, "geteuid", lambda: -1)() == 0 else []
     return "\n".join([
-        f"listener {port} 127.0.0.1",
+        f"listener {port} {bind}",
         *as_root,
         *access,
         "retain_available false",
@@ -142,8 +149,8 @@ def mosquitto_conf(port: int, state_dir: Path, auth: broker.BrokerFiles | None =
         "autosave_interval 1",
         "max_queued_messages 100000",
         "max_inflight_messages 100",
-        f"log_dest file {state_dir / 'logs' / 'mosquitto.log'}",
-        "log_type error", "log_type warning", "log_type notice",
+        f"log_dest file {log_file or state_dir / 'logs' / 'mosquitto.log'}",
+        "log_type error", "log_type warning", "log_type notice", "log_type information",
         "",
     ])
 
@@ -184,6 +191,7 @@ class Cluster:
     supervisor: asyncio.Task[str] | None = None              # ends only on a crash loop, returning what to tell
     announced: bool = False                                  # the cluster file is written (rewrite it on restarts)
     proxies: dict[str, Any] = field(default_factory=dict)    # child name -> its link's Proxy (Options.proxies)
+    services_port: int = 0                                   # the broker's services listener (client id = username)
 
     def broker_url(self, identity: str = broker.OPERATOR) -> str:
         """The broker URL (with its password) of one of the cluster's identities."""
@@ -394,6 +402,8 @@ def _choose_ports(kept: keys.Keys, options: Options) -> None:
             setattr(kept, attr, free_port())
             if previous:
                 options.progress(f"the {what}'s previous port {previous} is taken; it gets {getattr(kept, attr)}")
+    if not kept.services_port or not port_free(kept.services_port) or kept.services_port in (kept.broker_port, kept.gateway_port, kept.oss_port):
+        kept.services_port = free_port()  # the broker's services listener: only the cluster's own children use it
 
 
 def _private_state(state: Path, say: Callable[[str], None]) -> Path:
@@ -428,7 +438,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
         identities = keys.identities(kept, hosts)
         keys.save(state, kept)  # before any service writes state under these keys
         conf = state / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(port, state, broker.write_files(state, identities)))
+        conf.write_text(mosquitto_conf(port, state, broker.write_files(state, identities), services_port=kept.services_port))
         settings = Settings(
             broker_url=f"mqtt://127.0.0.1:{port}", state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin,
             log_format=options.log_format, log_level=options.log_level, account_id=kept.account_id, region_id=options.region_id,
@@ -452,15 +462,16 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                     ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
             plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
                      for host in hosts]
-            proxies = await _start_proxies(options.proxies, [n for n, _ in plan], port)
+            proxies = await _start_proxies(options.proxies, [n for n, _ in plan], kept.services_port)
             for name, extra in plan:
                 module = name.split("-")[0]
                 env = {**base_env, **extra, "RAMSIM_STATE_KEY": kept.state_key,  # every service seals its secrets at rest
-                       "RAMSIM_BROKER_URL": identities.url(name, "127.0.0.1", proxies[name].port if name in proxies else port)}
+                       # node id = identity = client id, on the services listener (through its proxy, if it has one)
+                       "RAMSIM_BROKER_URL": identities.url(name, "127.0.0.1", proxies[name].port if name in proxies else kept.services_port)}
                 processes.append(await _spawn(name, [py, "-m", f"services.{module}"], env, state / "logs" / f"{name}.log"))
             say(f"started {', '.join(n for n, _ in plan)}; waiting until each answers on the bus")
             operator_url = identities.url(broker.OPERATOR, "127.0.0.1", port)
-            bus = await MqttBus.connect(operator_url, client_id=f"ramsim-up-{os.getpid()}", persistent=False)
+            bus = await MqttBus.connect(operator_url, client_id=broker.tool_client_id(broker.OPERATOR), persistent=False)
             try:
                 client = await BusClient(bus, broker.OPERATOR, ScaledClock(kept.time_scale, kept.time_origin)).start()
                 await _wait_ready(client, processes, deadline)
@@ -472,7 +483,8 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                 region_id=settings.region_id, access_key_id=kept.root_access_key_id, access_key_secret=kept.root_access_key_secret,
                 state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin, pid=os.getpid(),
                 services={p.name: p.proc.pid for p in processes})
-            running = Cluster(options, file, path, processes, identities, port, resumed=resumed, proxies=proxies)
+            running = Cluster(options, file, path, processes, identities, port, resumed=resumed, proxies=proxies,
+                              services_port=kept.services_port)
             running.supervisor = asyncio.create_task(_supervise(running), name="ramsim-up:supervisor")
             if options.instances:
                 say(f"launching {options.instances} instance(s)")

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import time
 import urllib.error
 import urllib.parse
@@ -145,7 +144,7 @@ class Recorder:
         try:
             if self.observe:
                 self._bus = await MqttBus.connect(self.cluster.broker_url(broker.OBSERVER),
-                                                  f"ramsim-recorder-{os.getpid()}-{uuid.uuid4().hex[:8]}", persistent=False)
+                                                  broker.tool_client_id(broker.OBSERVER), persistent=False)
                 await self._bus.subscribe(topics.events(), self._on_event)
             await self._wait_for_endpoints()
             await self._snapshot_roles()

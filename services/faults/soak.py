@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
 from protocol.messages.common import Ping, PingOk
-from services.cli import api
+from services.cli import api, broker
 from services.cli.supervision import RestartPolicy
 from services.cli.up import Cluster, Options, running_cluster
 from services.faults.invariants import Bounds
@@ -84,7 +84,7 @@ class Operator:
         self.client: BusClient | None = None
 
     async def connect(self) -> None:
-        self.bus = await MqttBus.connect(self.cluster.broker_url(), f"ramsim-{self.name}-{os.getpid()}", persistent=False)
+        self.bus = await MqttBus.connect(self.cluster.broker_url(), broker.tool_client_id(broker.OPERATOR), persistent=False)
         clock = ScaledClock(self.cluster.file.time_scale, self.cluster.file.time_origin)
         self.client = await BusClient(self.bus, "operator", clock).start()
 

@@ -40,7 +40,7 @@ Seen = list[tuple[str, bytes]]
 
 
 async def connect(cluster: Cluster, identity: str, client_id: str) -> MqttBus:
-    return await MqttBus.connect(cluster.broker_url(identity), client_id, persistent=False)
+    return await MqttBus.connect(cluster.broker_url(identity), broker.CLIENT_ID_PREFIX + client_id, persistent=False)
 
 
 def collector(seen: Seen) -> Callable[[str, bytes], object]:
@@ -88,9 +88,9 @@ async def test_only_the_clusters_identities_with_their_own_passwords_may_connect
     }
     for what, url in refused.items():
         with pytest.raises(BusError, match="cannot connect"):
-            await MqttBus.connect(url, f"refused-{what.replace(' ', '-')}", persistent=False, timeout=5)
+            await MqttBus.connect(url, f"ramsim-refused-{what.replace(' ', '-')}", persistent=False, timeout=5)
     # control: the operator identity of the cluster file connects and is answered on the bus
-    bus = await MqttBus.connect(cluster.file.broker_url, "acl-operator", persistent=False)
+    bus = await MqttBus.connect(cluster.file.broker_url, "ramsim-acl-operator", persistent=False)
     try:
         client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
         assert isinstance(await client.request("ram", Ping()), PingOk)
@@ -388,3 +388,88 @@ async def test_every_node_refuses_a_forged_caller_the_same_way(make_cluster) -> 
         await observer.close()
     for node in nodes:
         assert [e for e in log_events(cluster, node) if e.get("event") == "caller_refused" and e.get("caller") == root.arn], node
+
+
+# -- (h): a client id is bound to its identity: nobody takes a service's session ------------------
+NODES = ("ram", "sts", "ecs", "gateway", "oss", "metadata-host-1")
+TAKEOVER = "already connected, closing old connection"  # what Mosquitto logs (before its CONNACK) when it closes a session's holder
+
+
+async def attempt(url: str, client_id: str) -> MqttBus | None:
+    """Connect as a rogue would, resuming the session (clean start off); None when refused."""
+    try:
+        return await MqttBus.connect(url, client_id, timeout=5)
+    except BusError as exc:
+        assert "Not authorized" in str(exc), exc
+        return None
+
+
+async def test_no_identity_can_take_a_services_client_id(make_cluster) -> None:  # noqa: ANN001
+    cluster = await make_cluster(instances=0)
+    broker_log = Path(cluster.file.state_dir) / "logs" / "mosquitto.log"
+    ports = {"tools": cluster.broker_port, "services": cluster.services_port}
+    accepted: list[tuple[str, str, str]] = []
+    held: list[MqttBus] = []
+    try:
+        # every identity but a running service's own on the services listener (there it *is* that service)
+        for rogue in (broker.OPERATOR, broker.OBSERVER, "gateway", "metadata-host-1", "ram"):
+            for listener, port in ports.items():
+                if listener == "services" and rogue in NODES:
+                    continue
+                for node in NODES:
+                    for client_id in (broker.service_client_id(node), node):  # what a service sends, and what it is bound to
+                        bus = await attempt(cluster.identities.url(rogue, "127.0.0.1", port), client_id)
+                        if bus is not None:
+                            await bus.close()  # (on the services listener the next attempt would take this one's id: its own)
+                            accepted.append((rogue, listener, client_id))
+                        taken = [n for n in NODES for held_as in (n, broker.service_client_id(n))
+                                 if f"Client {held_as} {TAKEOVER}" in broker_log.read_text()]
+                        assert taken == [], (rogue, listener, client_id)
+        # a bare node name is refused everywhere (no prefix); the prefixed one is accepted, as someone else's id
+        assert {c for _, _, c in accepted} == {broker.service_client_id(n) for n in NODES}
+        assert len(accepted) == len(NODES) * (2 * 5 - 3)
+        # every service is still connected: none lost its broker connection, each answers on the bus
+        bus = await connect(cluster, broker.OPERATOR, "acl-pinger")
+        held.append(bus)
+        client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
+        for node in NODES:
+            assert isinstance(await client.request(node, Ping()), PingOk), node
+            assert [e for e in log_events(cluster, node) if e.get("event") == "broker_connection_lost"] == [], node
+    finally:
+        for bus in held:
+            await bus.close()
+
+    # control: OSS's own identity on the services listener does take OSS's session, whatever id it sends,
+    # and OSS, knocked off, reconnects and answers again (so the assertions above can fail)
+    control = await attempt(cluster.identities.url("oss", "127.0.0.1", ports["services"]), broker.tool_client_id("oss"))
+    assert control is not None
+    await control.close()
+    assert f"Client oss {TAKEOVER}" in broker_log.read_text()
+    await blocking(wait_until, lambda: [e for e in log_events(cluster, "oss") if e.get("event") == "broker_reconnected"],
+                   what="OSS to reconnect after the control took its session")
+    bus = await connect(cluster, broker.OPERATOR, "acl-pinger-again")
+    try:
+        client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
+        assert isinstance(await client.request("oss", Ping()), PingOk)
+    finally:
+        await bus.close()
+
+
+async def test_a_persistent_session_follows_the_identity_not_the_client_id_it_sends(make_cluster) -> None:  # noqa: ANN001
+    """On the services listener a session is the identity's: a service restarted (any client id)
+    gets what was published for it while it was away."""
+    cluster = await make_cluster(instances=0)
+    url = cluster.identities.url(broker.OBSERVER, "127.0.0.1", cluster.services_port)
+    seen: Seen = []
+    first = await MqttBus.connect(url, broker.tool_client_id(broker.OBSERVER))
+    await first.subscribe(topics.events("ram"), collector(seen))
+    await first.close()
+    make_role(cluster, "WhileAway", "AliyunECSReadOnlyAccess")  # RAM announces the attach while the observer is away
+    again = await MqttBus.connect(url, broker.tool_client_id(broker.OBSERVER), hold=True)  # another client id
+    try:
+        await again.subscribe(topics.events("ram"), collector(seen))
+        again.open()
+        await eventually(lambda: [e for e in bodies(seen, ram.PolicyAttachedToRole) if e.role_name == "WhileAway"],
+                         what="the event published while the session's holder was away")
+    finally:
+        await again.close()

@@ -83,7 +83,7 @@ async def test_bad_messages_on_every_topic_are_answered_or_dropped_and_nothing_b
     url = metadata_url(cluster, instance_id)
     before = wait_until(lambda: credentials(url, "Survivor"), what="credential")
 
-    bus = await MqttBus.connect(cluster.file.broker_url, "fuzzer", persistent=False)  # as the operator identity
+    bus = await MqttBus.connect(cluster.file.broker_url, "ramsim-fuzzer", persistent=False)  # as the operator identity
     client = await BusClient(bus, "operator", ScaledClock()).start()
     answers: list[Error] = []
 
@@ -106,7 +106,7 @@ async def test_bad_messages_on_every_topic_are_answered_or_dropped_and_nothing_b
     # the identities the broker lets publish on the other topics (as anyone else, the broker drops it)
     for identity, topic in (("ecs", topics.instance("host-1", instance_id)), ("ram", topics.event("ram", "PolicyAttachedToRole")),
                             ("ecs", topics.events("ecs").replace("+", "x"))):
-        publisher = await MqttBus.connect(cluster.broker_url(identity), f"fuzzer-{identity}", persistent=False)
+        publisher = await MqttBus.connect(cluster.broker_url(identity), f"ramsim-fuzzer-{identity}", persistent=False)
         for payload in garbage:
             await publisher.publish(topic, payload)
         await publisher.close()

@@ -52,7 +52,7 @@ async def finish(proc: asyncio.subprocess.Process) -> dict[str, Any]:
 
 
 async def observe(cluster: Cluster, events: list[AppCallCompleted]) -> MqttBus:
-    observer = await MqttBus.connect(cluster.broker_url(broker.OBSERVER), f"app-observer-{uuid.uuid4().hex[:6]}", persistent=False)
+    observer = await MqttBus.connect(cluster.broker_url(broker.OBSERVER), f"ramsim-app-observer-{uuid.uuid4().hex[:6]}", persistent=False)
 
     async def collect(topic: str, payload: bytes) -> None:
         body = codec.decode(payload).body

@@ -505,8 +505,8 @@ async def test_a_real_cluster_survives_fuzzed_messages_on_every_topic_and_record
     async def collect(topic: str, payload: bytes) -> None:
         letters.append((topic, codec.decode(payload).body))  # type: ignore[arg-type]
 
-    observer = await MqttBus.connect(cluster.broker_url(broker_acl.OBSERVER), "fuzz-observer", persistent=False)
-    bus = await MqttBus.connect(cluster.file.broker_url, "fuzz-operator", persistent=False)  # the operator identity
+    observer = await MqttBus.connect(cluster.broker_url(broker_acl.OBSERVER), "ramsim-fuzz-observer", persistent=False)
+    bus = await MqttBus.connect(cluster.file.broker_url, "ramsim-fuzz-operator", persistent=False)  # the operator identity
     nodes = ["ram", "sts", "ecs", "gateway", "oss", AGENT]
     sent: dict[tuple[str, str], int] = {(n, r): 0 for n in nodes for r in ("malformed", "forged")}
     writers: list[MqttBus] = []
@@ -524,7 +524,7 @@ async def test_a_real_cluster_survives_fuzzed_messages_on_every_topic_and_record
         # the topics only one identity may write (anyone else's publish the broker drops): RAM's events, a host's instances
         for identity, topic, readers in (("ram", topics.event("ram", "PolicyAttachedToRole"), ["ecs", "oss"]),
                                          ("ecs", topics.instance(HOST, launched), [AGENT])):
-            writer = await MqttBus.connect(cluster.broker_url(identity), f"fuzz-{identity}", persistent=False)
+            writer = await MqttBus.connect(cluster.broker_url(identity), f"ramsim-fuzz-{identity}", persistent=False)
             writers.append(writer)  # kept open until the end: closing at once could cut off what is still in flight
             for payload in e2e_payloads(len(identity), identity, "*", E2E_MESSAGES):
                 await writer.publish(topic, payload)

@@ -153,8 +153,12 @@ def test_files_are_private_and_hold_what_the_broker_needs(tmp_path: Path) -> Non
 
 def test_the_generated_config_refuses_anonymous_clients_and_retained_messages(tmp_path: Path) -> None:
     files = broker.write_files(tmp_path, broker.Identities.generate(HOSTS))
-    lines = mosquitto_conf(18830, tmp_path, files).splitlines()
+    lines = mosquitto_conf(18830, tmp_path, files, services_port=18831).splitlines()
     assert "allow_anonymous false" in lines and "allow_anonymous true" not in lines
     assert f"password_file {files.password_file}" in lines and f"acl_file {files.acl_file}" in lines
     assert "retain_available false" in lines and "set_tcp_nodelay true" in lines
-    assert [line for line in lines if line.startswith("listener")] == ["listener 18830 127.0.0.1"]
+    assert [line for line in lines if line.startswith("listener")] == ["listener 18830 127.0.0.1", "listener 18831 127.0.0.1"]
+    # client ids bound to identities: the services listener takes the username as the id, every id sent has the prefix
+    assert lines[lines.index("listener 18831 127.0.0.1") + 1] == "use_username_as_clientid true"
+    assert f"clientid_prefixes {broker.CLIENT_ID_PREFIX}" in lines
+    assert not any(user.startswith(broker.CLIENT_ID_PREFIX) for user in broker.acl_rules(HOSTS))
