@@ -23,7 +23,7 @@ from protocol import codec, topics
 from protocol.envelope import Envelope
 from protocol.messages.common import Ping, PingOk
 from protocol.times import parse_iso
-from services.cli import api
+from services.cli import api, broker
 from services.cli.supervision import RestartPolicy
 from services.cli.up import Options, UpError, running_cluster
 from services.experiment.inject import Injector
@@ -91,7 +91,7 @@ async def test_process_and_link_faults_act_and_heal(make_cluster) -> None:  # no
 
 async def test_only_the_operator_sets_faults_and_each_node_reads_only_its_own(make_cluster) -> None:  # noqa: ANN001
     cluster = await make_cluster(instances=0)
-    forger = await MqttBus.connect(cluster.broker_url("ram"), "test-forger", persistent=False)
+    forger = await MqttBus.connect(cluster.broker_url("ram"), broker.tool_client_id("ram"), persistent=False)
     seen: list[bytes] = []
     try:
         throttled = chaos.Faults(version=1000, api=[chaos.ApiFault(id="forged", throttle=1.0)])
