@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from services.cli.errors import CliError
 
@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace, x: Any) -> int:
         if args.sim:
             from services.experiment.sim import SetupError, run_sim
             try:
-                result = run_sim(x, seed, progress=progress)
+                result = run_sim(x, seed, progress=progress.update if progress is not None else None)
             except SetupError as exc:
                 raise CliError(str(exc)) from None
             history, extra = result.history, {"events": result.events, **result.counters}
@@ -99,12 +99,18 @@ def _run(args: argparse.Namespace, x: Any) -> int:
     return 0 if v.matches else 1
 
 
-def _live(x: Any, out: Path, progress: Callable[..., None]) -> Any:
+def _live(x: Any, out: Path, progress: Any) -> Any:
+    """The live engine (``services.experiment.live.run_live``: async, ``progress(done, line)``)."""
+    import asyncio
     try:
-        from services.experiment.live import run_live
+        from services.experiment.live import LiveError, run_live
     except ImportError:
         raise CliError("the live engine (services/experiment/live.py) is not in this build; run with --sim") from None
-    return run_live(x, out, progress)
+    report = (lambda done, line: progress.line(done, x.settings.duration, line)) if progress is not None else (lambda done, line: None)
+    try:
+        return asyncio.run(run_live(x, out, report))
+    except LiveError as exc:
+        raise CliError(f"cannot run live: {exc} (try --sim)") from None
 
 
 class _progress:
@@ -113,7 +119,7 @@ class _progress:
     def __init__(self, name: str, engine: str) -> None:
         self.name, self.engine, self.bar, self.task = name, engine, None, None
 
-    def __enter__(self) -> Callable[[float, float, dict[str, int]], None] | None:
+    def __enter__(self) -> "_progress | None":
         if not sys.stderr.isatty():
             return None
         from rich.console import Console
@@ -123,12 +129,15 @@ class _progress:
                             console=Console(stderr=True), transient=False)
         self.bar.start()
         self.task = self.bar.add_task("run", total=1, name=self.name, engine=self.engine, summary="")
-        return self.update
+        return self
 
     def update(self, done: float, total: float, tally: dict[str, int]) -> None:
+        """The simulator's report: a tally of calls, faults and probes so far."""
         calls = tally.get("calls", 0)
         rate = f"{100 * tally.get('ok', 0) / calls:.2f}% ok" if calls else "no calls yet"
-        summary = f"calls {calls} ({rate})  faults {tally.get('faults', 0)}  probes {tally.get('probes', 0)}"
+        self.line(done, total, f"calls {calls} ({rate})  faults {tally.get('faults', 0)}  probes {tally.get('probes', 0)}")
+
+    def line(self, done: float, total: float, summary: str) -> None:
         self.bar.update(self.task, completed=done, total=total, summary=summary)
 
     def __exit__(self, *exc: object) -> None:
