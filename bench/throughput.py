@@ -29,8 +29,6 @@ import asyncio
 import contextlib
 import ctypes
 import json
-import os
-import platform
 import re
 import shutil
 import signal
@@ -47,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # bench/machine.py
 
 ROLE = "BenchRole"
 ASSUME_ROLE = "BenchAssumeRole"
@@ -243,23 +242,11 @@ def package_version(name: str) -> str:
 
 
 def machine() -> str:
-    """As bench/latency.py's, plus memory and the versions of the load generator and the peer."""
-    from services.cli.up import find_mosquitto
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    memory = ""
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-        memory = f", {kib / 2**20:.0f} GiB"
-    try:
-        mosquitto = version([find_mosquitto(), "-h"])
-    except Exception:  # noqa: BLE001
-        mosquitto = "mosquitto ?"
+    """bench/machine.py's line, plus the versions of aiohttp, the load generator and the peer."""
+    from machine import machine as base
+
     wrk = version(["wrk", "-v"]).split(" [")[0] if shutil.which("wrk") else "wrk not installed"
-    return (f"{cpu}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}, {mosquitto}, "
-            f"aiohttp {package_version('aiohttp')}, {wrk}, moto {package_version('moto')}")
+    return base(f"aiohttp {package_version('aiohttp')}", wrk, f"moto {package_version('moto')}")
 
 
 # -- 1. credential GETs ------------------------------------------------------------------------
