@@ -65,6 +65,12 @@ class TraceEvent(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
         return self.dest == "*"
 
 
+def trace_id_of(request_id: str) -> str:
+    """The trace id the gateway gives the messages of the API call answered with ``request_id``
+    (so a client that has the RequestId of an answer can find what the call caused on the bus)."""
+    return request_id.replace("-", "")[:16].lower()
+
+
 def is_secret(name: str) -> bool:
     """Whether a field of this wire name may hold a secret (and so never leaves :func:`describe`)."""
     if name in SECRET_NAMES or "Secret" in name or "Password" in name or "password" in name.lower():
