@@ -89,12 +89,10 @@ def describe(envelope: Envelope, topic: str = "") -> TraceEvent:
 
 
 def _key_fields(found: dict[str, str]) -> dict[str, str]:
-    if len(found) <= MAX_FIELDS:
-        return found
+    """The fields named in :data:`KEY_NAMES` first (in that order), then the rest as they come; at most :data:`MAX_FIELDS`."""
     rank = {name: i for i, name in enumerate(KEY_NAMES)}
     order = sorted(found, key=lambda k: rank.get(k.rsplit(".", 1)[-1], len(rank)))[:MAX_FIELDS]
-    keep = set(order)
-    return {k: v for k, v in found.items() if k in keep}
+    return {k: found[k] for k in order}
 
 
 def _collect(value: msgspec.Struct, prefix: str, out: dict[str, str], *, depth: int) -> None:

@@ -54,11 +54,11 @@ def decided_by(detail: object) -> str:
     who = " ".join(str(detail.get(k)) for k in ("AuthPrincipalType", "AuthPrincipalDisplayName") if detail.get(k))
     action = str(detail.get("AuthAction") or "the action")
     policy_type = str(detail.get("PolicyType") or "")
+    about = ", ".join(x for x in (f"{action} for {who}".strip(), policy_type) if x)
     if kind == "ExplicitDeny":
         statement = reason.removeprefix("explicitly denied by ") or "a Deny statement"
-        return f"{statement}: Deny {action} for {who} (ExplicitDeny: a Deny wins over every Allow; {policy_type})"
-    why = f"; {reason}" if reason else ""
-    return f"no statement allows it: {action} for {who} (ImplicitDeny: nothing is allowed unless a statement allows it; {policy_type}){why}"
+        return f"{statement} (ExplicitDeny: a Deny wins over every Allow; {about})"
+    return f"none: no statement allows it (ImplicitDeny; {about})" + (f"; RAM: {reason}" if reason else "")
 
 
 class Unreachable(CliError, OSError):
