@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -417,7 +418,7 @@ def run(cluster_file: Path | None, options: up.Options, *, auto: bool) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("tour", help="walk the nine steps one at a time, with the bus messages each causes and the moments that teach",
-                       description=__doc__.split("\n", 2)[2] if __doc__ else None,
+                       description=_plain(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     up.cluster_options(p)
     p.set_defaults(time_scale=TOUR_TIME_SCALE)
@@ -434,3 +435,9 @@ def main(args: Any) -> int:
     logs.configure(level="warning")
     auto = args.auto or not sys.stdin.isatty()
     return run(args.cluster_file, up.options(args, progress=False), auto=auto)
+
+
+def _plain(doc: str | None) -> str:
+    """The module's docstring, after its first line, as --help prints it (no reST markup)."""
+    text = (doc or "").split("\n", 2)[-1]
+    return re.sub(r":(?:mod|func|class):`~?([^`]*)`", r"\1", text).replace("``", "")

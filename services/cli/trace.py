@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ FORMATS = ("text", "mermaid", "svg")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", help="the messages of each trace on the bus (live or recorded), as text or a sequence diagram",
-                       description=__doc__.split("\n", 2)[2] if __doc__ else None,
+                       description=_plain(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", metavar="FILE", help="recorded JSON lines (--record's, a run's history, an experiment's "
                                                             "--out DIR); none: the live bus of the running cluster")
@@ -195,3 +196,9 @@ def _write(text: str, out: str | None) -> None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text)
     print(f"wrote {out}", file=sys.stderr)
+
+
+def _plain(doc: str | None) -> str:
+    """The module's docstring, after its first line, as --help prints it (no reST markup)."""
+    text = (doc or "").split("\n", 2)[-1]
+    return re.sub(r":(?:mod|func|class):`~?([^`]*)`", r"\1", text).replace("``", "")
