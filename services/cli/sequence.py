@@ -156,7 +156,8 @@ def svg(events: Sequence[TraceEvent], *, title: str = "") -> str:
         tip = escape(f"{clock(event.time)} {event.src} -> {receiver(event)} {event.type} {key_fields(event, 10)}".strip())
         out.append(f'<g class="message" data-type={quoteattr(event.type)} data-src={quoteattr(event.src)} '
                    f'data-dest={quoteattr(receiver(event))}><title>{tip}</title>{path}'
-                   f'<text x="{lx}" y="{y - 5}" text-anchor="{anchor}" fill="{colour}">{escape(_label(event))}</text>'
+                   f'<text x="{lx}" y="{y - 5}" text-anchor="{anchor}" fill="{colour}" stroke="white" stroke-width="3" '
+                   f'paint-order="stroke">{escape(_label(event))}</text>'
                    f'<text x="{MARGIN - 14}" y="{y + 4}" font-size="9" fill="#999">{i + 1}</text></g>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
