@@ -81,6 +81,9 @@ class Options:
     ports: dict[str, int] = field(default_factory=dict)  # "broker"/"gateway"/"oss": a fixed loopback port (else kept or free)
     restart_policy: supervision.RestartPolicy = supervision.RestartPolicy()
     proxies: tuple[str, ...] = ()  # children that reach the broker through a TCP proxy (services/experiment/proxy.py)
+    broker: str = ""  # an external broker (mqtt://host:port[?version=3.1.1]) instead of starting Mosquitto
+    broker_vhost: str | None = None  # its RabbitMQ vhost (None: ramsim-<account>; "": plain usernames = identities)
+    broker_setup: str = "none"  # "rabbitmqctl": provision the identities there (services/cli/rabbitmq.py)
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -192,10 +195,16 @@ class Cluster:
     announced: bool = False                                  # the cluster file is written (rewrite it on restarts)
     proxies: dict[str, Any] = field(default_factory=dict)    # child name -> its link's Proxy (Options.proxies)
     services_port: int = 0                                   # the broker's services listener (client id = username)
+    endpoint: broker.Endpoint | None = None                  # where tools connect (None: the Mosquitto it started)
 
     def broker_url(self, identity: str = broker.OPERATOR) -> str:
         """The broker URL (with its password) of one of the cluster's identities."""
-        return self.identities.url(identity, "127.0.0.1", self.broker_port)
+        return self.identities.at(self.endpoint or broker.Endpoint("127.0.0.1", self.broker_port), identity)
+
+    @property
+    def external(self) -> bool:
+        """Whether it runs on a broker it did not start (``--broker``)."""
+        return bool(self.options.broker)
 
     def process(self, name: str) -> Process:
         """The child called ``name`` (``mosquitto``, ``sts``, ``metadata-host-1``, …)."""
@@ -426,7 +435,7 @@ def _secret_variables() -> set[str]:
 @contextlib.asynccontextmanager
 async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     say = options.progress
-    mosquitto = find_mosquitto()
+    mosquitto = "" if options.broker else find_mosquitto()
     if options.metadata_mode == "netns" and netns.available():
         raise UpError(f"--metadata-mode netns: {netns.available()}")
     state = options.state_dir.resolve()
@@ -437,8 +446,13 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
         port, gateway_port, oss_port = kept.broker_port, kept.gateway_port, kept.oss_port
         identities = keys.identities(kept, hosts)
         keys.save(state, kept)  # before any service writes state under these keys
-        conf = state / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(port, state, broker.write_files(state, identities), services_port=kept.services_port))
+        if options.broker:
+            tools = services = _external_broker(options, kept.account_id, identities, state)
+            port = tools.port
+        else:
+            tools, services = broker.Endpoint("127.0.0.1", port), broker.Endpoint("127.0.0.1", kept.services_port)
+            conf = state / "mosquitto.conf"
+            conf.write_text(mosquitto_conf(port, state, broker.write_files(state, identities), services_port=kept.services_port))
         settings = Settings(
             broker_url=f"mqtt://127.0.0.1:{port}", state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin,
             log_format=options.log_format, log_level=options.log_level, account_id=kept.account_id, region_id=options.region_id,
@@ -451,10 +465,11 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
         running: Cluster | None = None
         proxies: dict[str, Any] = {}
         try:
-            say(f"starting mosquitto on 127.0.0.1:{port}")
-            processes.append(await _spawn("mosquitto", [mosquitto, "-c", str(conf)], base_env, state / "logs" / "mosquitto.out"))
             deadline = time.monotonic() + options.ready_timeout
-            await _wait_port(port, deadline, processes[0])
+            if not options.broker:
+                say(f"starting mosquitto on 127.0.0.1:{port}")
+                processes.append(await _spawn("mosquitto", [mosquitto, "-c", str(conf)], base_env, state / "logs" / "mosquitto.out"))
+                await _wait_port(port, deadline, processes[0])
             py = sys.executable
             plan = [("ram", {"RAMSIM_ROOT_ACCESS_KEY_ID": kept.root_access_key_id,
                              "RAMSIM_ROOT_ACCESS_KEY_SECRET": kept.root_access_key_secret}),
@@ -462,15 +477,16 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                     ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
             plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
                      for host in hosts]
-            proxies = await _start_proxies(options.proxies, [n for n, _ in plan], kept.services_port)
+            proxies = await _start_proxies(options.proxies, [n for n, _ in plan], services.port)
             for name, extra in plan:
                 module = name.split("-")[0]
+                via = dataclasses.replace(services, host="127.0.0.1", port=proxies[name].port) if name in proxies else services
                 env = {**base_env, **extra, "RAMSIM_STATE_KEY": kept.state_key,  # every service seals its secrets at rest
                        # node id = identity = client id, on the services listener (through its proxy, if it has one)
-                       "RAMSIM_BROKER_URL": identities.url(name, "127.0.0.1", proxies[name].port if name in proxies else kept.services_port)}
+                       "RAMSIM_BROKER_URL": identities.at(via, name)}
                 processes.append(await _spawn(name, [py, "-m", f"services.{module}"], env, state / "logs" / f"{name}.log"))
             say(f"started {', '.join(n for n, _ in plan)}; waiting until each answers on the bus")
-            operator_url = identities.url(broker.OPERATOR, "127.0.0.1", port)
+            operator_url = identities.at(tools, broker.OPERATOR)
             bus = await MqttBus.connect(operator_url, client_id=broker.tool_client_id(broker.OPERATOR), persistent=False)
             try:
                 client = await BusClient(bus, broker.OPERATOR, ScaledClock(kept.time_scale, kept.time_origin)).start()
@@ -484,7 +500,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                 state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin, pid=os.getpid(),
                 services={p.name: p.proc.pid for p in processes})
             running = Cluster(options, file, path, processes, identities, port, resumed=resumed, proxies=proxies,
-                              services_port=kept.services_port)
+                              services_port=services.port, endpoint=tools)
             running.supervisor = asyncio.create_task(_supervise(running), name="ramsim-up:supervisor")
             if options.instances:
                 say(f"launching {options.instances} instance(s)")
@@ -505,6 +521,36 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
             with contextlib.suppress(FileNotFoundError):
                 if path.exists() and cluster.load(path).pid == os.getpid():
                     path.unlink()
+
+
+def _external_broker(options: Options, account_id: str, identities: broker.Identities, state: Path) -> broker.Endpoint:
+    """The endpoint of ``--broker``, its identities provisioned there (``--broker-setup rabbitmqctl``)
+    or written down for an operator to import (services/cli/rabbitmq.py)."""
+    from services.cli import rabbitmq
+    from services.runtime.bus import BusError
+    from services.runtime.mqtt_bus import parse
+
+    try:
+        address = parse(options.broker)
+    except BusError as exc:
+        raise UpError(f"--broker: {exc}") from None
+    if address.user is not None:
+        raise UpError("--broker: leave the credentials out of the URL; every service connects with its own identity")
+    vhost = rabbitmq.vhost_for(account_id) if options.broker_vhost is None else options.broker_vhost
+    version = address.version if "version=" in options.broker else ""
+    endpoint = broker.Endpoint(address.host, address.port, vhost=vhost, version=version)
+    if vhost:
+        document = rabbitmq.definitions(endpoint, identities)
+        if options.broker_setup == "rabbitmqctl":
+            options.progress(f"provisioning vhost {vhost} and {len(identities.rules)} users on RabbitMQ (rabbitmqctl)")
+            rabbitmq.provision(document)
+        else:
+            written = rabbitmq.write_definitions(state / rabbitmq.DEFINITIONS_FILE, document)
+            options.progress(f"RabbitMQ definitions for vhost {vhost} in {written}: import them with "
+                             f"`rabbitmqctl import_definitions --format json < {written}` (or --broker-setup rabbitmqctl)")
+    elif options.broker_setup == "rabbitmqctl":
+        raise UpError("--broker-setup rabbitmqctl needs a vhost (leave --broker-vhost out for ramsim-<account>)")
+    return endpoint
 
 
 async def _start_proxies(names: tuple[str, ...], children: list[str], broker_port: int) -> dict[str, Any]:
@@ -607,6 +653,8 @@ def options(args: argparse.Namespace, progress: bool) -> Options:
                    metadata_mode=getattr(args, "metadata_mode", "port"),
                    ports={what: getattr(args, f"{what}_port", 0) or 0 for what in PORTS},
                    proxies=tuple(n for n in (getattr(args, "proxy", "") or "").split(",") if n),
+                   broker=getattr(args, "broker", "") or "", broker_vhost=getattr(args, "broker_vhost", None),
+                   broker_setup=getattr(args, "broker_setup", "none") or "none",
                    progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
 
 
@@ -632,6 +680,15 @@ def add_parser(sub: Any) -> None:
         p.add_argument(f"--{what}-port", type=int, default=0, metavar="PORT",
                        help=f"the {what}'s loopback port (default: the one this state dir used before, if free, else any free one)")
     p.add_argument("--log-format", choices=("json", "console"), default="json", help="service log format (default json)")
+    p.add_argument("--broker", default="", metavar="URL",
+                   help="use this external MQTT broker (mqtt://host:port, ?version=3.1.1 for RabbitMQ) instead of starting "
+                        "Mosquitto; every service connects with its own identity (deploy/README.md, 'Past one broker')")
+    p.add_argument("--broker-vhost", default=None, metavar="NAME",
+                   help="with --broker: the RabbitMQ vhost of this cluster, users <identity>@<vhost> (default "
+                        "ramsim-<account id>; '' for a broker whose usernames are the identities themselves)")
+    p.add_argument("--broker-setup", choices=("none", "rabbitmqctl"), default="none",
+                   help="with --broker: rabbitmqctl creates the vhost, users, permissions and topic permissions on the "
+                        "local RabbitMQ (idempotent); none (default) writes them to <state-dir>/rabbitmq-definitions.json")
     p.add_argument("--proxy", default="", metavar="NAMES",
                    help="children (e.g. ecs,metadata-host-1) that reach the broker through a TCP proxy in this process, "
                         "whose link an experiment can slow, break or partition (default none)")

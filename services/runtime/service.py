@@ -25,7 +25,7 @@ from services.runtime.clock import ScaledClock
 from services.runtime.driver import Driver
 from services.runtime.effects import Core, Durable
 from services.runtime.entropy import Entropy, SystemEntropy
-from services.runtime.mqtt_bus import MqttBus
+from services.runtime.mqtt_bus import MqttBus, parse, session_client_id
 from services.runtime.settings import Settings
 from services.runtime.store import Store
 
@@ -40,7 +40,10 @@ def clock_for(settings: Settings) -> ScaledClock:
 async def connect(node_id: str, settings: Settings, clock: ScaledClock) -> ChaosBus:
     """The node's bus, held until its owner opens it, obeying the faults an experiment sets on it
     (none unless one does: :mod:`services.runtime.chaos`)."""
-    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{node_id}", hold=True)
+    # a client id derived from the identity's password: on a broker that does not bind client ids to
+    # usernames (RabbitMQ), nobody without the password can take this node's session
+    client_id = session_client_id(f"ramsim-{node_id}", parse(settings.broker_url).password)
+    bus = await MqttBus.connect(settings.broker_url, client_id=client_id, hold=True)
     try:
         return await ChaosBus(bus, node_id, clock).start()
     except BaseException:
