@@ -40,7 +40,8 @@ Seen = list[tuple[str, bytes]]
 
 
 async def connect(cluster: Cluster, identity: str, client_id: str) -> MqttBus:
-    return await MqttBus.connect(cluster.broker_url(identity), broker.CLIENT_ID_PREFIX + client_id, persistent=False)
+    # ramsim-<identity>-…: on RabbitMQ an identity may only make queues for client ids of its own
+    return await MqttBus.connect(cluster.broker_url(identity), f"{broker.CLIENT_ID_PREFIX}{identity}-{client_id}", persistent=False)
 
 
 def collector(seen: Seen) -> Callable[[str, bytes], object]:
@@ -404,7 +405,9 @@ async def attempt(url: str, client_id: str) -> MqttBus | None:
         return None
 
 
-async def test_no_identity_can_take_a_services_client_id(make_cluster) -> None:  # noqa: ANN001
+async def test_no_identity_can_take_a_services_client_id(make_cluster, broker_kind: str) -> None:  # noqa: ANN001
+    if broker_kind != "mosquitto":
+        pytest.skip("Mosquitto's listeners and log; on RabbitMQ: test_no_identity_can_take_a_services_session_on_rabbitmq")
     cluster = await make_cluster(instances=0)
     broker_log = Path(cluster.file.state_dir) / "logs" / "mosquitto.log"
     ports = {"tools": cluster.broker_port, "services": cluster.services_port}
@@ -473,3 +476,47 @@ async def test_a_persistent_session_follows_the_identity_not_the_client_id_it_se
                          what="the event published while the session's holder was away")
     finally:
         await again.close()
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+async def test_no_identity_can_take_a_services_session_on_rabbitmq(make_cluster) -> None:  # noqa: ANN001
+    """RabbitMQ binds no client id to a username and takes any id, and a second connection with an
+    id closes the first; a service's id is derived from its password, so no other identity can
+    know it. Every rogue attempt (a service's plain ids, as every identity) is accepted and
+    knocks nobody off; the control, OSS's own identity and derived id, does."""
+    cluster = await make_cluster(instances=0)
+    assert cluster.external and cluster.endpoint is not None and cluster.endpoint.vhost
+    accepted = 0
+    for rogue in (broker.OPERATOR, broker.OBSERVER, "gateway", "metadata-host-1", "ram"):
+        for node in NODES:
+            for client_id in (broker.service_client_id(node), node):
+                bus = await attempt(cluster.broker_url(rogue), client_id)
+                assert bus is not None, (rogue, client_id)  # RabbitMQ refuses no client id
+                await bus.close()
+                accepted += 1
+    assert accepted == 5 * len(NODES) * 2
+    bus = await connect(cluster, broker.OPERATOR, "acl-pinger")
+    try:
+        client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
+        for node in NODES:
+            assert isinstance(await client.request(node, Ping()), PingOk), node
+            assert [e for e in log_events(cluster, node) if e.get("event") == "broker_connection_lost"] == [], node
+    finally:
+        await bus.close()
+
+    # control: OSS's identity with OSS's derived client id does take OSS's session (so the above can fail);
+    # OSS, knocked off, reconnects and answers again
+    oss_id = broker.service_client_id("oss", cluster.identities.passwords["oss"])
+    control = await attempt(cluster.broker_url("oss"), oss_id)
+    assert control is not None
+    await blocking(wait_until, lambda: [e for e in log_events(cluster, "oss") if e.get("event") == "broker_connection_lost"],
+                   what="OSS to lose its connection to the control")
+    await control.close()
+    await blocking(wait_until, lambda: [e for e in log_events(cluster, "oss") if e.get("event") == "broker_reconnected"],
+                   what="OSS to reconnect after the control took its session")
+    bus = await connect(cluster, broker.OPERATOR, "acl-pinger-again")
+    try:
+        client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
+        assert isinstance(await client.request("oss", Ping()), PingOk)
+    finally:
+        await bus.close()

@@ -30,6 +30,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from protocol import codec, topics
 from protocol.envelope import Envelope
 from protocol.messages import ram as m
@@ -95,6 +97,7 @@ def passed(report: Report) -> Report:
     return report
 
 
+@pytest.mark.rabbitmq
 async def test_kill_9_of_each_service_under_writes_keeps_every_invariant(make_cluster) -> None:  # noqa: ANN001
     cluster, instance_id = await fresh(make_cluster)
     bus, client = await operator(cluster, "faults")
