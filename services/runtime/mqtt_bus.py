@@ -178,8 +178,15 @@ class MqttBus:
         return self._client.is_connected
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, timeout: float = 10.0) -> None:
-        self._handlers.append((topic_filter, handler))
-        await self._subscribe(topic_filter, timeout)
+        """Subscribe; :class:`BusError` when the broker refuses (a SUBACK failure code, or, as RabbitMQ
+        does, closing the connection), and then the subscription is forgotten, never renewed."""
+        entry = (topic_filter, handler)
+        self._handlers.append(entry)
+        try:
+            await self._subscribe(topic_filter, timeout)
+        except BusError:
+            self._handlers.remove(entry)
+            raise
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1; waits while the broker's window of unacknowledged messages is full."""
@@ -240,6 +247,9 @@ class MqttBus:
     def _on_disconnect(self, client: gmqtt.Client, packet: object, exc: object = None) -> None:
         if not self._closing:
             log.warning("broker_connection_lost", client_id=self.client_id)
+        for future in self._pending_subacks.values():  # RabbitMQ answers a forbidden SUBSCRIBE by closing the connection
+            if not future.done():
+                future.set_exception(BusError("the broker closed the connection before its SUBACK (refused?)"))
 
     def _on_subscribe(self, client: gmqtt.Client, mid: int, qos: tuple[int, ...], properties: dict) -> None:
         future = self._pending_subacks.get(mid)
