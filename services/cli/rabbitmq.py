@@ -163,3 +163,16 @@ def ensure_mqtt_listener(port: int, conf: Path = Path("/etc/rabbitmq/rabbitmq.co
     wanted = kept + [f"{key} = {value}" for key, value in settings.items()]
     if wanted != lines and os.access(conf.parent, os.W_OK):
         conf.write_text("\n".join(wanted) + "\n")
+
+
+def emqx_acl_text(rules: Mapping[str, tuple[broker.Rule, ...]]) -> str:
+    """The same rules as EMQX 5's file authorizer (``acl.conf``): a pattern's ``%u`` is EMQX's
+    ``${username}``; anything not granted is denied (``authorization.no_match = deny``)."""
+    verb = {"write": "publish", "read": "subscribe"}
+    lines = ["%% ramsim broker ACL for EMQX 5, generated from services/cli/broker.py (services.cli.rabbitmq.emqx_acl_text).",
+             "%% Every identity: write direct messages only as itself, read only its own inbox, write only its own dead letters."]
+    lines += [f'{{allow, all, {verb[r.access]}, ["{r.topic.replace("%u", "${username}")}"]}}.' for r in broker.PATTERNS]
+    for user, granted in rules.items():
+        lines += [f'{{allow, {{username, "{user}"}}, {verb[r.access]}, ["{r.topic}"]}}.' for r in granted]
+    lines.append("{deny, all}.")
+    return "\n".join(lines) + "\n"

@@ -129,7 +129,9 @@ async def test_kill_9_of_each_service_under_writes_keeps_every_invariant(make_cl
         await bus.close()
 
 
-async def test_a_broker_restart_then_ecs_paused_past_a_refresh_keeps_every_invariant(make_cluster) -> None:  # noqa: ANN001
+async def test_a_broker_restart_then_ecs_paused_past_a_refresh_keeps_every_invariant(make_cluster, broker_kind: str) -> None:  # noqa: ANN001
+    if broker_kind != "mosquitto":
+        pytest.skip("kills the Mosquitto `ramsim up` started; an external broker is not the cluster's to kill")
     cluster, instance_id = await fresh(make_cluster)
     bus, client = await operator(cluster, "broker")
     try:
