@@ -257,7 +257,7 @@ async def test_a_request_delivered_twice_is_done_once_even_across_a_kill_9(make_
     cluster = await make_cluster(instances=0)
     # Join as the gateway (the one identity that may speak for callers), as a second client.
     bus = await MqttBus.connect(cluster.broker_url("gateway"),
-                                f"ramsim-test-dedupe-{os.getpid()}", persistent=False)
+                                f"ramsim-gateway-test-dedupe-{os.getpid()}", persistent=False)
     answers: list[Envelope] = []
     try:
         client = BusClient(bus, "gateway", ScaledClock(cluster.file.time_scale, cluster.file.time_origin))
