@@ -16,6 +16,10 @@ optionally launches instances, writes the cluster file (with the operator's brok
 every child's pid, rewritten when one is restarted), and on exit cancels the supervisor first
 (stopping is not crashing) and stops everything it started (children also get SIGTERM if this
 process dies, so nothing is orphaned).
+
+With ``--broker URL`` (:attr:`Options.broker`) no Mosquitto is started: the children connect to
+that broker, with their identities provisioned there by :mod:`services.cli.rabbitmq`
+(``--broker-setup rabbitmqctl``) or written down for an operator (deploy/README.md, "Past one broker").
 """
 
 from __future__ import annotations
