@@ -118,11 +118,27 @@ def host_identity(host_id: str) -> str:
     return f"metadata-{host_id}"
 
 
-def acl_rules(host_ids: Iterable[str]) -> dict[str, tuple[Rule, ...]]:
-    """Every identity of a cluster with these hosts, and its rules (beyond :data:`PATTERNS`)."""
+WORKERS = ("sts",)  # stateless services that may run as several workers sharing one node id (``ramsim up --sts-workers``)
+
+
+def worker_identity(node_id: str, number: int) -> str:
+    """The broker identity of worker ``number`` of ``node_id`` (its node id stays ``node_id``)."""
+    return f"{node_id}-{number}"
+
+
+def acl_rules(host_ids: Iterable[str], workers: Mapping[str, int] | None = None) -> dict[str, tuple[Rule, ...]]:
+    """Every identity of a cluster with these hosts (and workers), and its rules (beyond :data:`PATTERNS`).
+
+    A worker of ``sts`` is its own identity (so its session is its own) with everything ``sts`` may do:
+    the patterns for ``sts`` and the rules of ``sts``; the patterns for its own name add its own inbox
+    and dead letters, which it does not use."""
     rules = dict(RULES)
     for host_id in host_ids:
         rules[host_identity(host_id)] = (Rule("read", topics.host_instances(host_id)),)
+    for node_id, count in (workers or {}).items():
+        if count > 1:
+            shared = tuple(Rule(r.access, r.topic.replace("%u", node_id)) for r in PATTERNS) + tuple(RULES[node_id])
+            rules.update({worker_identity(node_id, k): shared for k in range(1, count + 1)})
     return rules
 
 

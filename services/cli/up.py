@@ -88,6 +88,7 @@ class Options:
     broker: str = ""  # an external broker (mqtt://host:port[?version=3.1.1]) instead of starting Mosquitto
     broker_vhost: str | None = None  # its RabbitMQ vhost (None: ramsim-<account>; "": plain usernames = identities)
     broker_setup: str = "none"  # "rabbitmqctl": provision the identities there (services/cli/rabbitmq.py)
+    sts_workers: int = 1  # STS processes sharing its inbox with a shared subscription (children sts-1 … sts-N)
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -270,18 +271,34 @@ async def _wait_port(port: int, deadline: float, broker: Process) -> None:
 
 async def _wait_ready(client: BusClient, processes: list[Process], deadline: float) -> None:
     """Ping every node until it answers; fail fast if one exits (before supervision starts, an
-    exit is a broken setup, not a crash to ride out)."""
-    waiting = {p.name for p in processes if p.name != "mosquitto"}
+    exit is a broken setup, not a crash to ride out). The workers of one node id (``sts-1``, …)
+    are one node on the bus: it is ready when as many workers (told apart by ``started_at``) answered."""
+    need: dict[str, int] = {}
+    for p in processes:
+        if p.name != "mosquitto":
+            need[node_of(p.name)] = need.get(node_of(p.name), 0) + 1
+    seen: dict[str, set[float]] = {node: set() for node in need}
+    waiting = set(need)
     while waiting:
         for p in processes:
             if p.proc.returncode is not None:
                 raise UpError(f"{p.name} exited with code {p.proc.returncode}; last lines of {p.log}:\n  {_tail(p.log)}")
-        answers = await asyncio.gather(*(client.request(name, Ping(), timeout=0.5) for name in sorted(waiting)))
-        waiting -= {a.node for a in answers if isinstance(a, PingOk)}
+        asked = [name for name in sorted(waiting) for _ in range(need[name])]
+        answers = await asyncio.gather(*(client.request(name, Ping(), timeout=0.5) for name in asked))
+        for a in answers:
+            if isinstance(a, PingOk) and a.node in seen:
+                seen[a.node].add(a.started_at)
+        waiting = {node for node in need if len(seen[node]) < need[node]}
         if waiting and time.monotonic() > deadline:
             raise UpError(f"not ready in time: {', '.join(sorted(waiting))}; logs are in {processes[0].log.parent}")
         if waiting:
             await asyncio.sleep(0.02)  # a node answered "starting": ask again shortly
+
+
+def node_of(child: str) -> str:
+    """The node id a child runs as: a worker ``sts-2`` is node ``sts``."""
+    node, _, number = child.rpartition("-")
+    return node if node in broker.WORKERS and number.isdigit() else child
 
 
 async def _stop(processes: list[Process], grace: float = 5.0) -> None:
@@ -412,11 +429,20 @@ def _choose_ports(kept: keys.Keys, options: Options) -> None:
                               f"another port, or leave --{what}-port out for a free one")
             setattr(kept, attr, asked)
         elif not previous or not port_free(previous):
-            setattr(kept, attr, free_port())
+            setattr(kept, attr, _another_free_port(kept))
             if previous:
                 options.progress(f"the {what}'s previous port {previous} is taken; it gets {getattr(kept, attr)}")
     if not kept.services_port or not port_free(kept.services_port) or kept.services_port in (kept.broker_port, kept.gateway_port, kept.oss_port):
-        kept.services_port = free_port()  # the broker's services listener: only the cluster's own children use it
+        kept.services_port = _another_free_port(kept)  # the broker's services listener: only the cluster's own children use it
+
+
+def _another_free_port(kept: keys.Keys) -> int:
+    """A free port none of the cluster's others is (nothing listens on them yet, so the kernel
+    may hand the same free port out twice)."""
+    ours = {kept.broker_port, kept.gateway_port, kept.oss_port, kept.services_port}
+    while (port := free_port()) in ours:
+        pass
+    return port
 
 
 def _private_state(state: Path, say: Callable[[str], None]) -> Path:
@@ -448,7 +474,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     with private.private_files(), _state_lock(_private_state(state, say)):  # 0700/0600: see services/runtime/private.py
         kept, resumed = _cluster_keys(options, state)
         port, gateway_port, oss_port = kept.broker_port, kept.gateway_port, kept.oss_port
-        identities = keys.identities(kept, hosts)
+        identities = keys.identities(kept, hosts, workers={"sts": options.sts_workers})
         keys.save(state, kept)  # before any service writes state under these keys
         if options.broker:
             tools = services = _external_broker(options, kept.account_id, identities, state)
@@ -477,7 +503,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
             py = sys.executable
             plan = [("ram", {"RAMSIM_ROOT_ACCESS_KEY_ID": kept.root_access_key_id,
                              "RAMSIM_ROOT_ACCESS_KEY_SECRET": kept.root_access_key_secret}),
-                    ("sts", {"RAMSIM_STS_SIGNING_KEY": kept.sts_signing_key}), ("ecs", {}),
+                    *_workers("sts", options.sts_workers, {"RAMSIM_STS_SIGNING_KEY": kept.sts_signing_key}), ("ecs", {}),
                     ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
             plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
                      for host in hosts]
@@ -527,6 +553,13 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                     path.unlink()
 
 
+def _workers(node: str, count: int, env: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+    """The children of ``node``: itself, or ``count`` workers (``node-1`` …) sharing its inbox."""
+    if count <= 1:
+        return [(node, env)]
+    return [(broker.worker_identity(node, k), {**env, "RAMSIM_SHARE_GROUP": node}) for k in range(1, count + 1)]
+
+
 def _external_broker(options: Options, account_id: str, identities: broker.Identities, state: Path) -> broker.Endpoint:
     """The endpoint of ``--broker``, its identities provisioned there (``--broker-setup rabbitmqctl``)
     or written down for an operator to import (services/cli/rabbitmq.py)."""
@@ -541,6 +574,8 @@ def _external_broker(options: Options, account_id: str, identities: broker.Ident
     if address.user is not None:
         raise UpError("--broker: leave the credentials out of the URL; every service connects with its own identity")
     vhost = rabbitmq.vhost_for(account_id) if options.broker_vhost is None else options.broker_vhost
+    if vhost and options.sts_workers > 1:
+        raise UpError("--sts-workers needs shared subscriptions ($share/…), which RabbitMQ 3.10's MQTT plugin does not offer")
     version = address.version if "version=" in options.broker else ""
     endpoint = broker.Endpoint(address.host, address.port, vhost=vhost, version=version)
     if vhost:
@@ -659,6 +694,7 @@ def options(args: argparse.Namespace, progress: bool) -> Options:
                    proxies=tuple(n for n in (getattr(args, "proxy", "") or "").split(",") if n),
                    broker=getattr(args, "broker", "") or "", broker_vhost=getattr(args, "broker_vhost", None),
                    broker_setup=getattr(args, "broker_setup", "none") or "none",
+                   sts_workers=getattr(args, "sts_workers", 1) or 1,
                    progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
 
 
@@ -693,6 +729,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--broker-setup", choices=("none", "rabbitmqctl"), default="none",
                    help="with --broker: rabbitmqctl creates the vhost, users, permissions and topic permissions on the "
                         "local RabbitMQ (idempotent); none (default) writes them to <state-dir>/rabbitmq-definitions.json")
+    p.add_argument("--sts-workers", type=int, default=1, metavar="N",
+                   help="run STS as N worker processes (sts-1 … sts-N, one broker identity each) sharing its inbox with a "
+                        "shared subscription, so each request reaches one of them and a killed worker's load goes to the "
+                        "others (default 1)")
     p.add_argument("--proxy", default="", metavar="NAMES",
                    help="children (e.g. ecs,metadata-host-1) that reach the broker through a TCP proxy in this process, "
                         "whose link an experiment can slow, break or partition (default none)")
@@ -703,8 +743,8 @@ def add_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.instances < 0 or args.hosts < 1:
-        raise UpError("--instances must be >= 0 and --hosts >= 1")
+    if args.instances < 0 or args.hosts < 1 or args.sts_workers < 1:
+        raise UpError("--instances must be >= 0, --hosts and --sts-workers >= 1")
     if not all(0 <= getattr(args, f"{what}_port") <= 65535 for what in PORTS):
         raise UpError("a --*-port is 1-65535 (or 0: any free port)")
     chosen = options(args, progress=True)

@@ -30,6 +30,7 @@ import gmqtt
 import structlog
 from gmqtt.storage import PersistentStorage
 
+from protocol import topics
 from services.runtime.bus import BusError, Handler, deliver
 
 log = structlog.get_logger("mqtt_bus")
@@ -271,7 +272,8 @@ class MqttBus:
         while True:
             topic, payload, done = await self._inbox.get()
             try:
-                await deliver(self._handlers, topic, payload, self.client_id)
+                # a shared subscription ($share/<group>/<filter>) delivers topics its <filter> matches
+                await deliver([(topics.unshared(f), h) for f, h in self._handlers], topic, payload, self.client_id)
             finally:
                 if not done.done():
                     done.set_result(None)

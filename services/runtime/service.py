@@ -43,7 +43,11 @@ async def connect(node_id: str, settings: Settings, clock: ScaledClock) -> Chaos
     # a client id derived from the identity's password: on a broker that does not bind client ids to
     # usernames (RabbitMQ), nobody without the password can take this node's session
     client_id = session_client_id(f"ramsim-{node_id}", parse(settings.broker_url).password)
-    bus = await MqttBus.connect(settings.broker_url, client_id=client_id, hold=True)
+    # A shared worker's session is not kept: a broker (Mosquitto 2) goes on handing a shared subscription's
+    # messages to a member whose session outlives its connection, so a killed worker's share would wait for
+    # it; with a clean session they go to the live workers (what was in flight at the kill is lost: the
+    # requester's timeout, an indefinite error, as for a lost reply).
+    bus = await MqttBus.connect(settings.broker_url, client_id=client_id, hold=True, persistent=not settings.share_group)
     try:
         return await ChaosBus(bus, node_id, clock).start()
     except BaseException:
@@ -68,7 +72,8 @@ async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequ
     store = open_store(node_id, settings, core)
     clock = clock_for(settings)
     bus = await connect(node_id, settings, clock)
-    driver = Driver(core, bus, clock, entropy, request_timeout=settings.request_timeout, store=store)
+    driver = Driver(core, bus, clock, entropy, request_timeout=settings.request_timeout, store=store,
+                    share_group=settings.share_group)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
