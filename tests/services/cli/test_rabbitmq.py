@@ -74,3 +74,14 @@ def test_the_shipped_emqx_acl_is_the_generated_one() -> None:
     expected = rabbitmq.emqx_acl_text(broker.acl_rules([f"host-{i}" for i in range(1, 4)]))
     assert (ROOT / "deploy" / "emqx" / "acl.conf").read_text() == expected
     assert expected.rstrip().endswith("{deny, all}.")
+
+
+def test_an_sts_worker_may_do_what_sts_may_and_holds_a_session_of_its_own() -> None:
+    rules = broker.acl_rules(["host-1"], {"sts": 2})
+    assert set(rules) >= {"sts", "sts-1", "sts-2"}
+    text = broker.acl_text(rules)
+    worker = text[text.index("user sts-1"):text.index("user sts-2")]
+    for line in ("topic write ramsim/v1/node/+/from/sts", "topic read ramsim/v1/node/sts/from/+", "topic write ramsim/v1/event/sts/+",
+                 "topic write ramsim/v1/deadletter/sts", "topic read ramsim/v1/control/sts"):
+        assert line in worker.splitlines()
+    assert "from/ecs" not in worker and set(broker.acl_rules(["host-1"], {"sts": 1})) == set(broker.acl_rules(["host-1"]))
