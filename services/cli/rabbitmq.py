@@ -41,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -112,8 +113,23 @@ def rabbitmqctl() -> str:
     return found
 
 
+def cli_environment() -> dict[str, str]:
+    """The environment for RabbitMQ's CLI tools. Each is an Erlang node that listens for the
+    distribution on a port of 35672-35682 unless told otherwise; when other programs hold those
+    (a big ramsim cluster's metadata views can), it fails with ``nodistribution``. So it gets one
+    free port of its own, unless the caller's environment chose (RABBITMQ_CTL_DIST_PORT_MIN/MAX)."""
+    env = dict(os.environ)
+    if "RABBITMQ_CTL_DIST_PORT_MIN" not in env:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        env.update(RABBITMQ_CTL_DIST_PORT_MIN=port, RABBITMQ_CTL_DIST_PORT_MAX=port)
+    return env
+
+
 def run(*args: str, timeout: float = 120, stdin: str | None = None) -> str:
-    done = subprocess.run([rabbitmqctl(), *args], capture_output=True, text=True, timeout=timeout, input=stdin)
+    done = subprocess.run([rabbitmqctl(), *args], capture_output=True, text=True, timeout=timeout, input=stdin,
+                          env=cli_environment())
     if done.returncode != 0:
         raise RabbitError(f"rabbitmqctl {args[0]} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")
     return done.stdout
@@ -152,7 +168,7 @@ def ensure_mqtt_listener(port: int, conf: Path = Path("/etc/rabbitmq/rabbitmq.co
                 'application:set_env(rabbitmq_mqtt, allow_anonymous, false, [{persistent, true}]).')
     if "rabbitmq_mqtt" not in run("eval", "[A || {A, _, _} <- application:which_applications()]."):
         plugins = shutil.which("rabbitmq-plugins") or "/usr/sbin/rabbitmq-plugins"
-        done = subprocess.run([plugins, "enable", "rabbitmq_mqtt"], capture_output=True, text=True, timeout=180)
+        done = subprocess.run([plugins, "enable", "rabbitmq_mqtt"], capture_output=True, text=True, timeout=180, env=cli_environment())
         if done.returncode != 0:
             raise RabbitError(f"rabbitmq-plugins enable rabbitmq_mqtt failed: {(done.stderr or done.stdout).strip()[-500:]}")
     try:

@@ -705,7 +705,8 @@ def add_parser(sub: Any) -> None:
                        "restarted (backoff 0.2 s doubling to 10 s); more than 5 exits of one within 60 s is a crash loop "
                        "that stops the cluster (exit status 1). A --state-dir a previous `ramsim up` used is resumed: same "
                        "account, root AccessKey, keys and (when free) ports, from its keys.json (at a --time-scale no "
-                       "smaller than before: simulated time never runs backwards); --reset starts a new cluster there instead.")
+                       "smaller than before: simulated time never runs backwards); --reset starts a new cluster there instead. "
+                       "--broker runs it on an external MQTT broker (RabbitMQ: --broker-setup rabbitmqctl) instead of Mosquitto.")
     cluster_options(p)
     p.add_argument("--cluster-file", type=Path, default=None, help="where to write the cluster file (default <state-dir>/cluster.json)")
     p.add_argument("--instances", type=int, default=1, help="instances to launch at start, without a role (default 1)")
