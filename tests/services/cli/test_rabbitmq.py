@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -85,3 +86,20 @@ def test_an_sts_worker_may_do_what_sts_may_and_holds_a_session_of_its_own() -> N
                  "topic write ramsim/v1/deadletter/sts", "topic read ramsim/v1/control/sts"):
         assert line in worker.splitlines()
     assert "from/ecs" not in worker and set(broker.acl_rules(["host-1"], {"sts": 1})) == set(broker.acl_rules(["host-1"]))
+
+
+def test_without_broker_setup_up_writes_the_definitions_for_an_operator(tmp_path: Path) -> None:
+    from services.cli import up
+
+    identities = broker.Identities.generate(["host-1"])
+    said: list[str] = []
+    options = up.Options(broker="mqtt://127.0.0.1:1884?version=3.1.1", progress=said.append)
+    endpoint = up._external_broker(options, "5555", identities, tmp_path)
+    assert (endpoint.vhost, endpoint.port, endpoint.version) == ("ramsim-5555", 1884, "3.1.1")
+    written = tmp_path / rabbitmq.DEFINITIONS_FILE
+    assert written.stat().st_mode & 0o777 == 0o600 and "import_definitions" in said[-1]
+    assert {u["name"] for u in json.loads(written.read_text())["users"]} == {f"{i}@ramsim-5555" for i in identities.rules}
+    with pytest.raises(up.UpError, match="credentials"):
+        up._external_broker(up.Options(broker="mqtt://u:p@127.0.0.1:1884"), "5555", identities, tmp_path)
+    with pytest.raises(up.UpError, match="shared subscriptions"):
+        up._external_broker(up.Options(broker="mqtt://127.0.0.1:1884", sts_workers=2), "5555", identities, tmp_path)
