@@ -102,6 +102,19 @@ def everything() -> str:
     return f"{PREFIX.split('/')[0]}/#"
 
 
+def shared(group: str, topic_filter: str) -> str:
+    """``topic_filter`` as a shared subscription of ``group`` (MQTT 5, and Mosquitto 2 for 3.1.1
+    clients): each message goes to one member of the group. Never a topic to publish on."""
+    return f"$share/{_segment(group)}/{topic_filter}"
+
+
+def unshared(topic_filter: str) -> str:
+    """The filter a shared subscription (``$share/<group>/<filter>``) matches topics with."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter
+
+
 def matches(topic_filter: str, topic: str) -> bool:
     """MQTT topic matching: ``+`` is one level, a trailing ``#`` is any number (even zero)."""
     filter_levels = topic_filter.split("/")

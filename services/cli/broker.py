@@ -108,9 +108,13 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
 }
 
 
-def service_client_id(node_id: str) -> str:
-    """The client id a service or agent sends (the services listener replaces it by its username)."""
-    return f"{CLIENT_ID_PREFIX}{node_id}"
+def service_client_id(node_id: str, password: str | None = None) -> str:
+    """The client id a service or agent sends (the services listener replaces it by its username);
+    with its ``password``, the exact id, suffixed with a value derived from the password
+    (:func:`services.runtime.mqtt_bus.session_client_id`), which is what binds it on RabbitMQ."""
+    from services.runtime.mqtt_bus import session_client_id
+
+    return session_client_id(f"{CLIENT_ID_PREFIX}{node_id}", password)
 
 
 def tool_client_id(identity: str, random: Callable[[int], bytes] = os.urandom) -> str:
@@ -123,11 +127,27 @@ def host_identity(host_id: str) -> str:
     return f"metadata-{host_id}"
 
 
-def acl_rules(host_ids: Iterable[str]) -> dict[str, tuple[Rule, ...]]:
-    """Every identity of a cluster with these hosts, and its rules (beyond :data:`PATTERNS`)."""
+WORKERS = ("sts",)  # stateless services that may run as several workers sharing one node id (``ramsim up --sts-workers``)
+
+
+def worker_identity(node_id: str, number: int) -> str:
+    """The broker identity of worker ``number`` of ``node_id`` (its node id stays ``node_id``)."""
+    return f"{node_id}-{number}"
+
+
+def acl_rules(host_ids: Iterable[str], workers: Mapping[str, int] | None = None) -> dict[str, tuple[Rule, ...]]:
+    """Every identity of a cluster with these hosts (and workers), and its rules (beyond :data:`PATTERNS`).
+
+    A worker of ``sts`` is its own identity (so its session is its own) with everything ``sts`` may do:
+    the patterns for ``sts`` and the rules of ``sts``; the patterns for its own name add its own inbox
+    and dead letters, which it does not use."""
     rules = dict(RULES)
     for host_id in host_ids:
         rules[host_identity(host_id)] = (Rule("read", topics.host_instances(host_id)),)
+    for node_id, count in (workers or {}).items():
+        if count > 1:
+            shared = tuple(Rule(r.access, r.topic.replace("%u", node_id)) for r in PATTERNS) + tuple(RULES[node_id])
+            rules.update({worker_identity(node_id, k): shared for k in range(1, count + 1)})
     return rules
 
 
@@ -169,8 +189,36 @@ def without_password(broker_url: str) -> str:
     parts = urllib.parse.urlsplit(broker_url)
     if parts.password is None:
         return broker_url
-    netloc = f"{parts.username}@{parts.netloc.rsplit('@', 1)[1]}"
+    userinfo, hostport = parts.netloc.rsplit("@", 1)
+    netloc = f"{userinfo.split(':', 1)[0]}@{hostport}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a cluster's identities connect to the broker, and under which username.
+
+    Mosquitto (started by ``ramsim up``): the username is the identity. An external RabbitMQ
+    (``ramsim up --broker``): users are global to a RabbitMQ cluster, so each ramsim cluster has
+    its own virtual host and its users are ``<identity>@<vhost>``, named at connect time as
+    ``<vhost>:<identity>@<vhost>`` (RabbitMQ's MQTT ``vhost:user`` form)."""
+
+    host: str
+    port: int
+    vhost: str = ""
+    version: str = ""  # the MQTT version the URL names ("": the bus's default, 5)
+
+    def broker_user(self, identity: str) -> str:
+        """The user the broker knows (RabbitMQ: ``<identity>@<vhost>``)."""
+        return f"{identity}@{self.vhost}" if self.vhost else identity
+
+    def username(self, identity: str) -> str:
+        """What the identity sends as its MQTT username."""
+        return f"{self.vhost}:{self.broker_user(identity)}" if self.vhost else identity
+
+    def url(self, identity: str, password: str) -> str:
+        address = url(self.host, self.port, self.username(identity), password)
+        return f"{address}?version={self.version}" if self.version else address
 
 
 @dataclass(frozen=True)
@@ -188,6 +236,10 @@ class Identities:
 
     def url(self, user: str, host: str, port: int) -> str:
         return url(host, port, user, self.passwords[user])
+
+    def at(self, endpoint: Endpoint, user: str) -> str:
+        """The broker URL of ``user`` at ``endpoint`` (with its password)."""
+        return endpoint.url(user, self.passwords[user])
 
 
 @dataclass(frozen=True)

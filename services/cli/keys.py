@@ -61,10 +61,11 @@ def generate(*, account_id: str, time_origin: float, time_scale: float, broker_p
                 broker_port=broker_port, gateway_port=gateway_port, oss_port=oss_port)
 
 
-def identities(keys: Keys, host_ids: Iterable[str], random: Callable[[int], bytes] = os.urandom) -> broker.Identities:
-    """The broker identities of a cluster with these hosts: the passwords kept in ``keys``, new
+def identities(keys: Keys, host_ids: Iterable[str], random: Callable[[int], bytes] = os.urandom,
+               workers: dict[str, int] | None = None) -> broker.Identities:
+    """The broker identities of a cluster with these hosts (and workers): the passwords kept in ``keys``, new
     ones for identities it has none for (a host added since). ``keys`` is updated to match."""
-    rules = broker.acl_rules(host_ids)
+    rules = broker.acl_rules(host_ids, workers)
     passwords = {user: keys.broker_passwords.get(user) or broker.new_password(random(broker.PASSWORD_BYTES)) for user in rules}
     keys.broker_passwords = dict(passwords)
     return broker.Identities(rules, passwords)

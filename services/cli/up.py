@@ -16,6 +16,10 @@ optionally launches instances, writes the cluster file (with the operator's brok
 every child's pid, rewritten when one is restarted), and on exit cancels the supervisor first
 (stopping is not crashing) and stops everything it started (children also get SIGTERM if this
 process dies, so nothing is orphaned).
+
+With ``--broker URL`` (:attr:`Options.broker`) no Mosquitto is started: the children connect to
+that broker, with their identities provisioned there by :mod:`services.cli.rabbitmq`
+(``--broker-setup rabbitmqctl``) or written down for an operator (deploy/README.md, "Past one broker").
 """
 
 from __future__ import annotations
@@ -81,6 +85,10 @@ class Options:
     ports: dict[str, int] = field(default_factory=dict)  # "broker"/"gateway"/"oss": a fixed loopback port (else kept or free)
     restart_policy: supervision.RestartPolicy = supervision.RestartPolicy()
     proxies: tuple[str, ...] = ()  # children that reach the broker through a TCP proxy (services/experiment/proxy.py)
+    broker: str = ""  # an external broker (mqtt://host:port[?version=3.1.1]) instead of starting Mosquitto
+    broker_vhost: str | None = None  # its RabbitMQ vhost (None: ramsim-<account>; "": plain usernames = identities)
+    broker_setup: str = "none"  # "rabbitmqctl": provision the identities there (services/cli/rabbitmq.py)
+    sts_workers: int = 1  # STS processes sharing its inbox with a shared subscription (children sts-1 … sts-N)
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -192,10 +200,16 @@ class Cluster:
     announced: bool = False                                  # the cluster file is written (rewrite it on restarts)
     proxies: dict[str, Any] = field(default_factory=dict)    # child name -> its link's Proxy (Options.proxies)
     services_port: int = 0                                   # the broker's services listener (client id = username)
+    endpoint: broker.Endpoint | None = None                  # where tools connect (None: the Mosquitto it started)
 
     def broker_url(self, identity: str = broker.OPERATOR) -> str:
         """The broker URL (with its password) of one of the cluster's identities."""
-        return self.identities.url(identity, "127.0.0.1", self.broker_port)
+        return self.identities.at(self.endpoint or broker.Endpoint("127.0.0.1", self.broker_port), identity)
+
+    @property
+    def external(self) -> bool:
+        """Whether it runs on a broker it did not start (``--broker``)."""
+        return bool(self.options.broker)
 
     def process(self, name: str) -> Process:
         """The child called ``name`` (``mosquitto``, ``sts``, ``metadata-host-1``, …)."""
@@ -257,18 +271,34 @@ async def _wait_port(port: int, deadline: float, broker: Process) -> None:
 
 async def _wait_ready(client: BusClient, processes: list[Process], deadline: float) -> None:
     """Ping every node until it answers; fail fast if one exits (before supervision starts, an
-    exit is a broken setup, not a crash to ride out)."""
-    waiting = {p.name for p in processes if p.name != "mosquitto"}
+    exit is a broken setup, not a crash to ride out). The workers of one node id (``sts-1``, …)
+    are one node on the bus: it is ready when as many workers (told apart by ``started_at``) answered."""
+    need: dict[str, int] = {}
+    for p in processes:
+        if p.name != "mosquitto":
+            need[node_of(p.name)] = need.get(node_of(p.name), 0) + 1
+    seen: dict[str, set[float]] = {node: set() for node in need}
+    waiting = set(need)
     while waiting:
         for p in processes:
             if p.proc.returncode is not None:
                 raise UpError(f"{p.name} exited with code {p.proc.returncode}; last lines of {p.log}:\n  {_tail(p.log)}")
-        answers = await asyncio.gather(*(client.request(name, Ping(), timeout=0.5) for name in sorted(waiting)))
-        waiting -= {a.node for a in answers if isinstance(a, PingOk)}
+        asked = [name for name in sorted(waiting) for _ in range(need[name])]
+        answers = await asyncio.gather(*(client.request(name, Ping(), timeout=0.5) for name in asked))
+        for a in answers:
+            if isinstance(a, PingOk) and a.node in seen:
+                seen[a.node].add(a.started_at)
+        waiting = {node for node in need if len(seen[node]) < need[node]}
         if waiting and time.monotonic() > deadline:
             raise UpError(f"not ready in time: {', '.join(sorted(waiting))}; logs are in {processes[0].log.parent}")
         if waiting:
             await asyncio.sleep(0.02)  # a node answered "starting": ask again shortly
+
+
+def node_of(child: str) -> str:
+    """The node id a child runs as: a worker ``sts-2`` is node ``sts``."""
+    node, _, number = child.rpartition("-")
+    return node if node in broker.WORKERS and number.isdigit() else child
 
 
 async def _stop(processes: list[Process], grace: float = 5.0) -> None:
@@ -399,11 +429,20 @@ def _choose_ports(kept: keys.Keys, options: Options) -> None:
                               f"another port, or leave --{what}-port out for a free one")
             setattr(kept, attr, asked)
         elif not previous or not port_free(previous):
-            setattr(kept, attr, free_port())
+            setattr(kept, attr, _another_free_port(kept))
             if previous:
                 options.progress(f"the {what}'s previous port {previous} is taken; it gets {getattr(kept, attr)}")
     if not kept.services_port or not port_free(kept.services_port) or kept.services_port in (kept.broker_port, kept.gateway_port, kept.oss_port):
-        kept.services_port = free_port()  # the broker's services listener: only the cluster's own children use it
+        kept.services_port = _another_free_port(kept)  # the broker's services listener: only the cluster's own children use it
+
+
+def _another_free_port(kept: keys.Keys) -> int:
+    """A free port none of the cluster's others is (nothing listens on them yet, so the kernel
+    may hand the same free port out twice)."""
+    ours = {kept.broker_port, kept.gateway_port, kept.oss_port, kept.services_port}
+    while (port := free_port()) in ours:
+        pass
+    return port
 
 
 def _private_state(state: Path, say: Callable[[str], None]) -> Path:
@@ -426,7 +465,7 @@ def _secret_variables() -> set[str]:
 @contextlib.asynccontextmanager
 async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     say = options.progress
-    mosquitto = find_mosquitto()
+    mosquitto = "" if options.broker else find_mosquitto()
     if options.metadata_mode == "netns" and netns.available():
         raise UpError(f"--metadata-mode netns: {netns.available()}")
     state = options.state_dir.resolve()
@@ -435,10 +474,15 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     with private.private_files(), _state_lock(_private_state(state, say)):  # 0700/0600: see services/runtime/private.py
         kept, resumed = _cluster_keys(options, state)
         port, gateway_port, oss_port = kept.broker_port, kept.gateway_port, kept.oss_port
-        identities = keys.identities(kept, hosts)
+        identities = keys.identities(kept, hosts, workers={"sts": options.sts_workers})
         keys.save(state, kept)  # before any service writes state under these keys
-        conf = state / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(port, state, broker.write_files(state, identities), services_port=kept.services_port))
+        if options.broker:
+            tools = services = _external_broker(options, kept.account_id, identities, state)
+            port = tools.port
+        else:
+            tools, services = broker.Endpoint("127.0.0.1", port), broker.Endpoint("127.0.0.1", kept.services_port)
+            conf = state / "mosquitto.conf"
+            conf.write_text(mosquitto_conf(port, state, broker.write_files(state, identities), services_port=kept.services_port))
         settings = Settings(
             broker_url=f"mqtt://127.0.0.1:{port}", state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin,
             log_format=options.log_format, log_level=options.log_level, account_id=kept.account_id, region_id=options.region_id,
@@ -451,26 +495,28 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
         running: Cluster | None = None
         proxies: dict[str, Any] = {}
         try:
-            say(f"starting mosquitto on 127.0.0.1:{port}")
-            processes.append(await _spawn("mosquitto", [mosquitto, "-c", str(conf)], base_env, state / "logs" / "mosquitto.out"))
             deadline = time.monotonic() + options.ready_timeout
-            await _wait_port(port, deadline, processes[0])
+            if not options.broker:
+                say(f"starting mosquitto on 127.0.0.1:{port}")
+                processes.append(await _spawn("mosquitto", [mosquitto, "-c", str(conf)], base_env, state / "logs" / "mosquitto.out"))
+                await _wait_port(port, deadline, processes[0])
             py = sys.executable
             plan = [("ram", {"RAMSIM_ROOT_ACCESS_KEY_ID": kept.root_access_key_id,
                              "RAMSIM_ROOT_ACCESS_KEY_SECRET": kept.root_access_key_secret}),
-                    ("sts", {"RAMSIM_STS_SIGNING_KEY": kept.sts_signing_key}), ("ecs", {}),
+                    *_workers("sts", options.sts_workers, {"RAMSIM_STS_SIGNING_KEY": kept.sts_signing_key}), ("ecs", {}),
                     ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
             plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
                      for host in hosts]
-            proxies = await _start_proxies(options.proxies, [n for n, _ in plan], kept.services_port)
+            proxies = await _start_proxies(options.proxies, [n for n, _ in plan], services.port)
             for name, extra in plan:
                 module = name.split("-")[0]
+                via = dataclasses.replace(services, host="127.0.0.1", port=proxies[name].port) if name in proxies else services
                 env = {**base_env, **extra, "RAMSIM_STATE_KEY": kept.state_key,  # every service seals its secrets at rest
                        # node id = identity = client id, on the services listener (through its proxy, if it has one)
-                       "RAMSIM_BROKER_URL": identities.url(name, "127.0.0.1", proxies[name].port if name in proxies else kept.services_port)}
+                       "RAMSIM_BROKER_URL": identities.at(via, name)}
                 processes.append(await _spawn(name, [py, "-m", f"services.{module}"], env, state / "logs" / f"{name}.log"))
             say(f"started {', '.join(n for n, _ in plan)}; waiting until each answers on the bus")
-            operator_url = identities.url(broker.OPERATOR, "127.0.0.1", port)
+            operator_url = identities.at(tools, broker.OPERATOR)
             bus = await MqttBus.connect(operator_url, client_id=broker.tool_client_id(broker.OPERATOR), persistent=False)
             try:
                 client = await BusClient(bus, broker.OPERATOR, ScaledClock(kept.time_scale, kept.time_origin)).start()
@@ -484,7 +530,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                 state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin, pid=os.getpid(),
                 services={p.name: p.proc.pid for p in processes})
             running = Cluster(options, file, path, processes, identities, port, resumed=resumed, proxies=proxies,
-                              services_port=kept.services_port)
+                              services_port=services.port, endpoint=tools)
             running.supervisor = asyncio.create_task(_supervise(running), name="ramsim-up:supervisor")
             if options.instances:
                 say(f"launching {options.instances} instance(s)")
@@ -505,6 +551,45 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
             with contextlib.suppress(FileNotFoundError):
                 if path.exists() and cluster.load(path).pid == os.getpid():
                     path.unlink()
+
+
+def _workers(node: str, count: int, env: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+    """The children of ``node``: itself, or ``count`` workers (``node-1`` …) sharing its inbox."""
+    if count <= 1:
+        return [(node, env)]
+    return [(broker.worker_identity(node, k), {**env, "RAMSIM_SHARE_GROUP": node}) for k in range(1, count + 1)]
+
+
+def _external_broker(options: Options, account_id: str, identities: broker.Identities, state: Path) -> broker.Endpoint:
+    """The endpoint of ``--broker``, its identities provisioned there (``--broker-setup rabbitmqctl``)
+    or written down for an operator to import (services/cli/rabbitmq.py)."""
+    from services.cli import rabbitmq
+    from services.runtime.bus import BusError
+    from services.runtime.mqtt_bus import parse
+
+    try:
+        address = parse(options.broker)
+    except BusError as exc:
+        raise UpError(f"--broker: {exc}") from None
+    if address.user is not None:
+        raise UpError("--broker: leave the credentials out of the URL; every service connects with its own identity")
+    vhost = rabbitmq.vhost_for(account_id) if options.broker_vhost is None else options.broker_vhost
+    if vhost and options.sts_workers > 1:
+        raise UpError("--sts-workers needs shared subscriptions ($share/…), which RabbitMQ 3.10's MQTT plugin does not offer")
+    version = address.version if "version=" in options.broker else ""
+    endpoint = broker.Endpoint(address.host, address.port, vhost=vhost, version=version)
+    if vhost:
+        document = rabbitmq.definitions(endpoint, identities)
+        if options.broker_setup == "rabbitmqctl":
+            options.progress(f"provisioning vhost {vhost} and {len(identities.rules)} users on RabbitMQ (rabbitmqctl)")
+            rabbitmq.provision(document)
+        else:
+            written = rabbitmq.write_definitions(state / rabbitmq.DEFINITIONS_FILE, document)
+            options.progress(f"RabbitMQ definitions for vhost {vhost} in {written}: import them with "
+                             f"`rabbitmqctl import_definitions --format json < {written}` (or --broker-setup rabbitmqctl)")
+    elif options.broker_setup == "rabbitmqctl":
+        raise UpError("--broker-setup rabbitmqctl needs a vhost (leave --broker-vhost out for ramsim-<account>)")
+    return endpoint
 
 
 async def _start_proxies(names: tuple[str, ...], children: list[str], broker_port: int) -> dict[str, Any]:
@@ -607,6 +692,9 @@ def options(args: argparse.Namespace, progress: bool) -> Options:
                    metadata_mode=getattr(args, "metadata_mode", "port"),
                    ports={what: getattr(args, f"{what}_port", 0) or 0 for what in PORTS},
                    proxies=tuple(n for n in (getattr(args, "proxy", "") or "").split(",") if n),
+                   broker=getattr(args, "broker", "") or "", broker_vhost=getattr(args, "broker_vhost", None),
+                   broker_setup=getattr(args, "broker_setup", "none") or "none",
+                   sts_workers=getattr(args, "sts_workers", 1) or 1,
                    progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
 
 
@@ -617,7 +705,8 @@ def add_parser(sub: Any) -> None:
                        "restarted (backoff 0.2 s doubling to 10 s); more than 5 exits of one within 60 s is a crash loop "
                        "that stops the cluster (exit status 1). A --state-dir a previous `ramsim up` used is resumed: same "
                        "account, root AccessKey, keys and (when free) ports, from its keys.json (at a --time-scale no "
-                       "smaller than before: simulated time never runs backwards); --reset starts a new cluster there instead.")
+                       "smaller than before: simulated time never runs backwards); --reset starts a new cluster there instead. "
+                       "--broker runs it on an external MQTT broker (RabbitMQ: --broker-setup rabbitmqctl) instead of Mosquitto.")
     cluster_options(p)
     p.add_argument("--cluster-file", type=Path, default=None, help="where to write the cluster file (default <state-dir>/cluster.json)")
     p.add_argument("--instances", type=int, default=1, help="instances to launch at start, without a role (default 1)")
@@ -632,6 +721,19 @@ def add_parser(sub: Any) -> None:
         p.add_argument(f"--{what}-port", type=int, default=0, metavar="PORT",
                        help=f"the {what}'s loopback port (default: the one this state dir used before, if free, else any free one)")
     p.add_argument("--log-format", choices=("json", "console"), default="json", help="service log format (default json)")
+    p.add_argument("--broker", default="", metavar="URL",
+                   help="use this external MQTT broker (mqtt://host:port, ?version=3.1.1 for RabbitMQ) instead of starting "
+                        "Mosquitto; every service connects with its own identity (deploy/README.md, 'Past one broker')")
+    p.add_argument("--broker-vhost", default=None, metavar="NAME",
+                   help="with --broker: the RabbitMQ vhost of this cluster, users <identity>@<vhost> (default "
+                        "ramsim-<account id>; '' for a broker whose usernames are the identities themselves)")
+    p.add_argument("--broker-setup", choices=("none", "rabbitmqctl"), default="none",
+                   help="with --broker: rabbitmqctl creates the vhost, users, permissions and topic permissions on the "
+                        "local RabbitMQ (idempotent); none (default) writes them to <state-dir>/rabbitmq-definitions.json")
+    p.add_argument("--sts-workers", type=int, default=1, metavar="N",
+                   help="run STS as N worker processes (sts-1 … sts-N, one broker identity each) sharing its inbox with a "
+                        "shared subscription, so each request reaches one of them and a killed worker's load goes to the "
+                        "others (default 1)")
     p.add_argument("--proxy", default="", metavar="NAMES",
                    help="children (e.g. ecs,metadata-host-1) that reach the broker through a TCP proxy in this process, "
                         "whose link an experiment can slow, break or partition (default none)")
@@ -642,8 +744,8 @@ def add_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.instances < 0 or args.hosts < 1:
-        raise UpError("--instances must be >= 0 and --hosts >= 1")
+    if args.instances < 0 or args.hosts < 1 or args.sts_workers < 1:
+        raise UpError("--instances must be >= 0, --hosts and --sts-workers >= 1")
     if not all(0 <= getattr(args, f"{what}_port") <= 65535 for what in PORTS):
         raise UpError("a --*-port is 1-65535 (or 0: any free port)")
     chosen = options(args, progress=True)

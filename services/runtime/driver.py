@@ -65,8 +65,14 @@ class Counters:
 
 class Driver:
     def __init__(self, core: Core, bus: Bus, clock: Clock, entropy: Entropy, *, request_timeout: float = 5.0,
-                 after_step: Callable[[], Awaitable[None]] | None = None, store: Store | None = None) -> None:
+                 after_step: Callable[[], Awaitable[None]] | None = None, store: Store | None = None,
+                 share_group: str = "") -> None:
         self.core = core
+        # A stateless worker (``ramsim up --sts-workers``): the inbox is a shared subscription, so each
+        # request reaches one worker of the group; the replies to the requests the core makes come to
+        # every worker (one plain subscription per node it asks, ``core.REPLIES_FROM``), and a worker
+        # ignores, quietly, those to requests another worker made.
+        self.share_group = share_group
         self.store = store
         self._written: dict[str, dict[str, bytes]] = {}  # the rows as last committed
         self._replies: dict[tuple[str, int], tuple[str, bytes]] = {}  # (src, msg id) -> the reply sent
@@ -90,7 +96,11 @@ class Driver:
         core's topics."""
         if self.store is not None:
             self._restored = await self._restore()
-        for topic_filter in (topics.inbox_filter(self.core.node_id), *self.core.subscriptions()):
+        inbox = [topics.inbox_filter(self.core.node_id)]
+        if self.share_group:
+            inbox = [topics.shared(self.share_group, inbox[0]),
+                     *(topics.inbox(self.core.node_id, src) for src in getattr(self.core, "REPLIES_FROM", ()))]
+        for topic_filter in (*inbox, *self.core.subscriptions()):
             await self.endpoint.bus.subscribe(topic_filter, self._receive)
         self.endpoint.bus.open()
         if hasattr(self.endpoint.bus, "on_reconnect"):
@@ -157,6 +167,9 @@ class Driver:
             now = self.clock.now()
             if env.in_reply_to is not None:
                 pending = self._pending.get(env.in_reply_to)
+                if pending is None and self.share_group:  # another worker's reply (or a second copy of ours)
+                    self.log.debug("reply_for_another_worker", src=env.src, in_reply_to=env.in_reply_to)
+                    return
                 if pending is None or pending.dest != env.src:  # only the node asked may answer (src is vouched for)
                     self.counters.unexpected += 1
                     self.log.info("reply_unexpected", src=env.src, in_reply_to=env.in_reply_to, body=type(env.body).__name__)

@@ -1,7 +1,8 @@
 """I/O shell: the bus over a real MQTT broker, on gmqtt. The only module that imports gmqtt.
 
-* MQTT 5, QoS 1, persistent session (``clean_session=False`` and an unbounded session expiry),
-  so messages published while this client is away are kept by the broker for it.
+* MQTT 5 by default, or 3.1.1 when the URL says ``?version=3.1.1`` (RabbitMQ's MQTT plugin speaks
+  only 3.1.1); QoS 1, persistent session (``clean_session=False`` and, on MQTT 5, an unbounded
+  session expiry), so messages published while this client is away are kept by the broker for it.
 * Manual acknowledgement (``optimistic_acknowledgement=False``): gmqtt sends the PUBACK when
   ``on_message`` returns, and ours returns only after every handler finished. A crash while
   handling therefore means redelivery, never loss.
@@ -18,14 +19,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import socket
 import urllib.parse
+from dataclasses import dataclass
 from typing import Callable
 
 import gmqtt
 import structlog
 from gmqtt.storage import PersistentStorage
 
+from protocol import topics
 from services.runtime.bus import BusError, Handler, deliver
 
 log = structlog.get_logger("mqtt_bus")
@@ -33,12 +38,58 @@ log = structlog.get_logger("mqtt_bus")
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
 
-def parse_url(url: str) -> tuple[str, int, str | None, str | None]:
-    """``mqtt://[user[:password]@]host[:port]`` -> (host, port, user, password)."""
+VERSIONS = {"5": gmqtt.constants.MQTTv50, "5.0": gmqtt.constants.MQTTv50, "3.1.1": gmqtt.constants.MQTTv311}
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """What a broker URL says: ``mqtt://[user[:password]@]host[:port][?version=3.1.1|5]``.
+    User and password are percent-decoded (a RabbitMQ username ``vhost:user`` is ``vhost%3Auser``)."""
+
+    host: str
+    port: int
+    user: str | None
+    password: str | None
+    version: str = "5"
+
+    @property
+    def mqtt_version(self) -> int:
+        return VERSIONS[self.version]
+
+
+def parse(url: str) -> BrokerAddress:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
         raise BusError(f"broker URL must look like mqtt://host:port, got {url!r}")
-    return parts.hostname, parts.port or 1883, parts.username, parts.password
+    query = urllib.parse.parse_qs(parts.query)
+    unknown = sorted(set(query) - {"version"})
+    if unknown:
+        raise BusError(f"broker URL {url.split('@')[-1]!r}: unknown parameter(s) {', '.join(unknown)}; only version=3.1.1|5")
+    version = query.get("version", ["5"])[-1]
+    if version not in VERSIONS:
+        raise BusError(f"broker URL: version={version!r} is not an MQTT version ramsim speaks (3.1.1 or 5)")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise BusError(f"broker URL {url.split('@')[-1]!r}: {exc}") from None
+    unquote = urllib.parse.unquote
+    return BrokerAddress(parts.hostname, port, None if parts.username is None else unquote(parts.username),
+                         None if parts.password is None else unquote(parts.password), version)
+
+
+def parse_url(url: str) -> tuple[str, int, str | None, str | None]:
+    """``mqtt://[user[:password]@]host[:port]`` -> (host, port, user, password)."""
+    address = parse(url)
+    return address.host, address.port, address.user, address.password
+
+
+def session_client_id(base: str, password: str | None) -> str:
+    """``base`` plus a suffix derived from the identity's password, when there is one: a client id
+    nobody without that password can guess, so nobody can take the session on a broker that does
+    not bind client ids to usernames (RabbitMQ; Mosquitto's services listener replaces it anyway)."""
+    if not password:
+        return base
+    return f"{base}-{hmac.new(password.encode(), b'ramsim client id', hashlib.sha256).hexdigest()[:20]}"
 
 
 class _Inflight(PersistentStorage):
@@ -67,6 +118,7 @@ class MqttBus:
     def __init__(self, url: str, client_id: str, *, persistent: bool = True, reconnect_delay: float = 0.5) -> None:
         self.client_id = client_id
         self.url = url
+        self.address = parse(url)
         self._handlers: list[tuple[str, Handler]] = []
         self._inbox: asyncio.Queue[tuple[str, bytes, asyncio.Future[None]]] = asyncio.Queue()
         self._pending_subacks: dict[int, asyncio.Future[None]] = {}
@@ -74,7 +126,8 @@ class MqttBus:
         self._pump: asyncio.Task[None] | None = None
         self._open = asyncio.Event()
         self.reconnects = 0
-        kwargs = {"session_expiry_interval": SESSION_NEVER_EXPIRES} if persistent else {}
+        mqtt5 = self.address.mqtt_version == gmqtt.constants.MQTTv50
+        kwargs = {"session_expiry_interval": SESSION_NEVER_EXPIRES} if persistent and mqtt5 else {}
         self._inflight = _Inflight()
         self._client = gmqtt.Client(client_id, clean_session=not persistent, optimistic_acknowledgement=False,
                                     persistent_storage=self._inflight, **kwargs)
@@ -95,12 +148,13 @@ class MqttBus:
         bus = cls(url, client_id, persistent=persistent)
         if not hold:
             bus.open()
-        host, port, user, password = parse_url(url)
+        address = bus.address
+        host, port, user, password = address.host, address.port, address.user, address.password
         if user:
             bus._client.set_auth_credentials(user, password)
         bus._pump = asyncio.get_running_loop().create_task(bus._deliver(), name=f"mqtt-bus:{client_id}")
         try:
-            await asyncio.wait_for(bus._client.connect(host, port, version=gmqtt.constants.MQTTv50), timeout)
+            await asyncio.wait_for(bus._client.connect(host, port, version=address.mqtt_version), timeout)
         except (OSError, asyncio.TimeoutError, gmqtt.mqtt.handler.MQTTConnectError) as exc:
             bus._pump.cancel()
             who = f" as {user!r}" if user else " anonymously"
@@ -125,8 +179,15 @@ class MqttBus:
         return self._client.is_connected
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, timeout: float = 10.0) -> None:
-        self._handlers.append((topic_filter, handler))
-        await self._subscribe(topic_filter, timeout)
+        """Subscribe; :class:`BusError` when the broker refuses (a SUBACK failure code, or, as RabbitMQ
+        does, closing the connection), and then the subscription is forgotten, never renewed."""
+        entry = (topic_filter, handler)
+        self._handlers.append(entry)
+        try:
+            await self._subscribe(topic_filter, timeout)
+        except BusError:
+            self._handlers.remove(entry)
+            raise
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1; waits while the broker's window of unacknowledged messages is full."""
@@ -187,6 +248,9 @@ class MqttBus:
     def _on_disconnect(self, client: gmqtt.Client, packet: object, exc: object = None) -> None:
         if not self._closing:
             log.warning("broker_connection_lost", client_id=self.client_id)
+        for future in self._pending_subacks.values():  # RabbitMQ answers a forbidden SUBSCRIBE by closing the connection
+            if not future.done():
+                future.set_exception(BusError("the broker closed the connection before its SUBACK (refused?)"))
 
     def _on_subscribe(self, client: gmqtt.Client, mid: int, qos: tuple[int, ...], properties: dict) -> None:
         future = self._pending_subacks.get(mid)
@@ -208,7 +272,8 @@ class MqttBus:
         while True:
             topic, payload, done = await self._inbox.get()
             try:
-                await deliver(self._handlers, topic, payload, self.client_id)
+                # a shared subscription ($share/<group>/<filter>) delivers topics its <filter> matches
+                await deliver([(topics.unshared(f), h) for f, h in self._handlers], topic, payload, self.client_id)
             finally:
                 if not done.done():
                     done.set_result(None)

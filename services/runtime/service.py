@@ -25,7 +25,7 @@ from services.runtime.clock import ScaledClock
 from services.runtime.driver import Driver
 from services.runtime.effects import Core, Durable
 from services.runtime.entropy import Entropy, SystemEntropy
-from services.runtime.mqtt_bus import MqttBus
+from services.runtime.mqtt_bus import MqttBus, parse, session_client_id
 from services.runtime.settings import Settings
 from services.runtime.store import Store
 
@@ -40,7 +40,14 @@ def clock_for(settings: Settings) -> ScaledClock:
 async def connect(node_id: str, settings: Settings, clock: ScaledClock) -> ChaosBus:
     """The node's bus, held until its owner opens it, obeying the faults an experiment sets on it
     (none unless one does: :mod:`services.runtime.chaos`)."""
-    bus = await MqttBus.connect(settings.broker_url, client_id=f"ramsim-{node_id}", hold=True)
+    # a client id derived from the identity's password: on a broker that does not bind client ids to
+    # usernames (RabbitMQ), nobody without the password can take this node's session
+    client_id = session_client_id(f"ramsim-{node_id}", parse(settings.broker_url).password)
+    # A shared worker's session is not kept: a broker (Mosquitto 2) goes on handing a shared subscription's
+    # messages to a member whose session outlives its connection, so a killed worker's share would wait for
+    # it; with a clean session they go to the live workers (what was in flight at the kill is lost: the
+    # requester's timeout, an indefinite error, as for a lost reply).
+    bus = await MqttBus.connect(settings.broker_url, client_id=client_id, hold=True, persistent=not settings.share_group)
     try:
         return await ChaosBus(bus, node_id, clock).start()
     except BaseException:
@@ -65,7 +72,8 @@ async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequ
     store = open_store(node_id, settings, core)
     clock = clock_for(settings)
     bus = await connect(node_id, settings, clock)
-    driver = Driver(core, bus, clock, entropy, request_timeout=settings.request_timeout, store=store)
+    driver = Driver(core, bus, clock, entropy, request_timeout=settings.request_timeout, store=store,
+                    share_group=settings.share_group)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

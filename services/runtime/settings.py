@@ -42,6 +42,8 @@ class Settings:
     root_access_key_secret: str = _opt("", "RAM: the root identity's AccessKeySecret", secret=True)
     sts_key_rotation: float = _opt(21600.0, "STS: seconds between token key rotations (old keys verify until their tokens expire)")
     sts_signing_key: str = _opt("", "STS: hex master key the token keys derive from", secret=True)
+    share_group: str = _opt("", "a stateless worker's shared-subscription group: its inbox is shared with the group's other "
+                            "workers ($share/<group>/…), replies to its own requests come to every worker ('' = none)")
     state_key: str = _opt("", "hex AES key that encrypts secrets in the state files (AccessKey secrets, credentials)", secret=True)
 
     @classmethod

@@ -43,6 +43,7 @@ class Assume:
 
 class StsCore:
     node_id = NAME
+    REPLIES_FROM = ("ram",)  # the only node it asks (GetRole, Authorize): as a shared worker it hears every reply from it
 
     def __init__(self, *, account_id: str, signing_key: bytes, entropy: Callable[[int], bytes],
                  key_rotation: float = 21600.0) -> None:

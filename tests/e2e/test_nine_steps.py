@@ -47,11 +47,12 @@ class Cli:
 
 
 @pytest.fixture
-def cluster_up(tmp_path: Path):  # noqa: ANN201
-    with ramsim_up(tmp_path / "state", "--instances", "1") as running:
+def cluster_up(tmp_path: Path, broker_options: dict[str, object]):  # noqa: ANN201
+    with ramsim_up(tmp_path / "state", "--instances", "1", broker_options=broker_options) as running:
         yield running
 
 
+@pytest.mark.rabbitmq
 def test_nine_steps_with_the_cli(cluster_up) -> None:  # noqa: ANN001
     proc, cluster_file = cluster_up
     cli = Cli(cluster_file)

@@ -92,7 +92,7 @@ def test_reset_deletes_only_what_ramsim_wrote(tmp_path: Path) -> None:
 # -- a running cluster -------------------------------------------------------------------------
 
 async def operator(cluster: Cluster, name: str) -> tuple[MqttBus, BusClient]:
-    bus = await MqttBus.connect(cluster.broker_url(), f"ramsim-test-supervision-{name}", persistent=False)
+    bus = await MqttBus.connect(cluster.broker_url(), f"ramsim-operator-test-supervision-{name}", persistent=False)
     return bus, await BusClient(bus, "operator", ScaledClock(cluster.file.time_scale, cluster.file.time_origin)).start()
 
 

@@ -87,3 +87,11 @@ def test_plus_replaces_exactly_one_level(levels: list[str], index: int) -> None:
     pattern[index] = "+"
     assert topics.matches("/".join(pattern), "/".join(levels))
     assert not topics.matches("/".join(pattern), "/".join(levels + ["extra"]))
+
+
+def test_a_shared_subscription_matches_what_its_inner_filter_matches() -> None:
+    shared = topics.shared("sts", topics.inbox_filter("sts"))
+    assert shared == "$share/sts/ramsim/v1/node/sts/from/+"
+    assert topics.unshared(shared) == topics.inbox_filter("sts")
+    assert topics.matches(topics.unshared(shared), topics.inbox("sts", "ecs"))
+    assert topics.unshared(topics.events()) == topics.events()
