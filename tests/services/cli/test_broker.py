@@ -60,7 +60,7 @@ def acl() -> dict[str, list[tuple[str, str]]]:
 
 def test_every_identity_sends_direct_messages_only_as_itself_and_reads_only_its_inbox(acl) -> None:  # noqa: ANN001
     users = [u for u in acl if u != "%pattern"]
-    assert set(users) == {"ram", "sts", "ecs", "gateway", "oss", "operator", "observer", "metadata-host-1", "metadata-host-2"}
+    assert set(users) == {"ram", "sts", "ecs", "gateway", "console", "oss", "operator", "observer", "metadata-host-1", "metadata-host-2"}
     for user in users:
         for other in users:
             assert may(acl, user, "write", topics.inbox(other, user))

@@ -1,0 +1,475 @@
+"""I/O shell: the web console: an aiohttp server on 127.0.0.1 serving one page (static/) and a
+small JSON API behind a sign-in, reading and writing the cluster only through the gateway's
+signed OpenAPI calls (as the operator: the root AccessKey) and the instances' metadata views.
+
+* ``POST /api/login`` takes the operator's AccessKeyId/AccessKeySecret and sets an HttpOnly,
+  SameSite=Strict session cookie; every other ``/api/`` request without it is refused (401).
+  A write must be JSON (``Content-Type: application/json``), which a cross-site form cannot send.
+* ``/api/health``, ``/api/instances`` (server-side pages of DescribeInstances),
+  ``/api/instances/<id>`` (its role, its current credential as its metadata view serves it,
+  masked, and its rotation history), ``/api/roles``, ``/api/policies``; attach/detach a role
+  (``POST``/``DELETE /api/instances/<id>/role``) and a policy (``.../roles/<name>/policies``);
+  ``/api/explain`` (RAM's SimulatePrincipalPolicy); ``/api/faults`` (services/console/faults.py).
+* ``/api/feed``: server-sent events, one per message on the bus (from the trace tap) and per
+  thing the console did, which the page draws as a sequence diagram.
+
+The console is also a node on the bus (identity ``console``): it answers Pings, so ``ramsim up``
+waits for it and supervises it as any other service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from services.cli import api
+from services.console import core
+from services.console.faults import ConsoleFaults, FaultError
+from services.runtime import service
+from services.runtime.client import BusClient
+from services.runtime.settings import Settings
+
+NAME = "console"
+STATIC = Path(__file__).parent / "static"
+CREDENTIALS = "/latest/meta-data/ram/security-credentials/"
+PROBE_TIMEOUT = 2.0
+log = structlog.get_logger(NAME)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Gateway:
+    """Signed OpenAPI calls as the operator (services/cli/api.py's signing), over aiohttp."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, credential: api.Credential) -> None:
+        self.session, self.url, self.credential = session, url.rstrip("/"), credential
+
+    async def call(self, product: str, action: str, timeout: float = 15.0, **params: str) -> tuple[int, dict[str, Any]]:
+        query = api.signed_query(product, action, params, self.credential)
+        try:
+            async with self.session.post(f"{self.url}/?{query}", data=b"", timeout=aiohttp.ClientTimeout(total=timeout),
+                                         headers={"Accept": "application/json"}) as answer:
+                raw = await answer.read()
+                try:
+                    return answer.status, json.loads(raw)
+                except ValueError:
+                    return answer.status, {"Code": "InvalidResponse", "Message": raw.decode(errors="replace")[:200]}
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return 503, {"Code": "GatewayUnreachable", "Message": f"no answer from the gateway: {type(exc).__name__} {exc}"}
+
+    async def ok(self, product: str, action: str, **params: str) -> dict[str, Any]:
+        status, body = await self.call(product, action, **params)
+        if status != 200:
+            raise Refused(status, body)
+        return body
+
+
+class Refused(Exception):
+    """An API call answered with an error; shown on the page with RAM's explanation."""
+
+    def __init__(self, status: int, body: Mapping[str, Any]) -> None:
+        super().__init__(body.get("Code", ""))
+        self.status, self.body = status, body
+
+
+class Hub:
+    """The live feed: every subscriber (an open SSE stream) gets each item; a slow one loses the oldest."""
+
+    def __init__(self, keep: int = 200) -> None:
+        self.queues: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.recent: list[dict[str, Any]] = []
+        self.keep = keep
+
+    def publish(self, item: dict[str, Any]) -> None:
+        self.recent = (self.recent + [item])[-self.keep:]
+        for queue in self.queues:
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(item)
+
+    @contextlib.contextmanager
+    def subscribe(self) -> Any:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=500)
+        for item in self.recent[-60:]:
+            queue.put_nowait(item)
+        self.queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self.queues.discard(queue)
+
+
+class Console:
+    """The console's state: its gateway client, sessions, histories, probes, faults and feed."""
+
+    def __init__(self, settings: Settings, gateway: Gateway, cluster_path: Path | None, session: aiohttp.ClientSession) -> None:
+        self.settings, self.gateway, self.cluster_path, self.http = settings, gateway, cluster_path, session
+        self.sessions = core.Sessions()
+        self.rotations = core.Rotations()
+        self.hub = Hub()
+        self.faults = ConsoleFaults(cluster_path) if cluster_path else None
+        self.clock = service.clock_for(settings)
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.endpoints_at = 0.0
+        self.health: list[dict[str, Any]] = []
+
+    # -- what the console reads ---------------------------------------------------------------
+    async def endpoint_map(self, need: str = "", max_age: float = 5.0) -> dict[str, dict[str, Any]]:
+        """DescribeInstanceMetadataEndpoints, cached a few seconds (asked again for an instance it lacks)."""
+        if time.monotonic() - self.endpoints_at > max_age or (need and need not in self.endpoints):
+            body = await self.gateway.ok("ecs", "DescribeInstanceMetadataEndpoints")
+            self.endpoints = {e["InstanceId"]: e for e in body.get("Endpoints", [])}
+            self.endpoints_at = time.monotonic()
+        return self.endpoints
+
+    async def metadata(self, url: str, path: str) -> tuple[int, str]:
+        """GET ``path`` from an instance's metadata view, as the instance sees it."""
+        if url.startswith("netns:"):  # namespace mode: read from inside it (services/cli/instances.py)
+            from services.cli.instances import read_metadata
+
+            return await asyncio.to_thread(read_metadata, url, path)
+        try:
+            async with self.http.get(url.rstrip("/") + path, timeout=aiohttp.ClientTimeout(total=3)) as answer:
+                return answer.status, (await answer.read()).decode(errors="replace")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return 503, f"the metadata view does not answer: {type(exc).__name__}"
+
+    async def instance(self, instance_id: str) -> dict[str, Any]:
+        roles = await self.gateway.ok("ecs", "DescribeInstanceRamRole", RegionId=self.settings.region_id,
+                                      InstanceIds=json.dumps([instance_id]))
+        role = next((r["RamRoleName"] for r in roles.get("InstanceRamRoleSets", {}).get("InstanceRamRoleSet", [])
+                     if r.get("InstanceId") == instance_id), "")
+        url = (await self.endpoint_map(need=instance_id)).get(instance_id, {}).get("Url", "")
+        shown: dict[str, Any] = {"InstanceId": instance_id, "RamRoleName": role, "MetadataUrl": url, "Credential": None}
+        if url:
+            status, listing = await self.metadata(url, CREDENTIALS)
+            shown["Listing"] = {"Path": CREDENTIALS, "Status": status, "Body": listing.strip()[:200]}
+            served = listing.strip().splitlines()[0] if status == 200 and listing.strip() else ""
+            if served:
+                status, text = await self.metadata(url, CREDENTIALS + served)
+                shown["CredentialPath"] = {"Path": CREDENTIALS + served, "Status": status}
+                if status == 200:
+                    with contextlib.suppress(ValueError):
+                        doc = json.loads(text)
+                        shown["Credential"] = core.credential_view(doc, self.clock.now(), self.settings.time_scale)
+                        shown["Credential"]["RoleName"] = served
+                        if self.rotations.record(instance_id, doc.get("AccessKeyId", ""), doc.get("Expiration", ""),
+                                                 doc.get("LastUpdated", ""), "metadata", served):
+                            self.note("rotation", f"{instance_id} serves {core.mask(doc.get('AccessKeyId', ''))} for {served}")
+        shown["History"] = self.rotations.history(instance_id)
+        return shown
+
+    async def instances(self, page: int, size: int) -> dict[str, Any]:
+        described = await self.gateway.ok("ecs", "DescribeInstances", RegionId=self.settings.region_id,
+                                          PageNumber=str(page), PageSize=str(size))
+        ids = [i["InstanceId"] for i in described.get("Instances", {}).get("Instance", [])]
+        roles = await self.gateway.ok("ecs", "DescribeInstanceRamRole", RegionId=self.settings.region_id,
+                                      InstanceIds=json.dumps(ids), PageSize="100") if ids else {}
+        endpoints = await self.endpoint_map(max_age=10.0)
+        return core.instances_page(described, roles.get("InstanceRamRoleSets", {}).get("InstanceRamRoleSet", []), endpoints)
+
+    async def roles(self) -> list[dict[str, Any]]:
+        listed = (await self.gateway.ok("ram", "ListRoles", MaxItems="100")).get("Roles", {}).get("Role", [])
+
+        async def with_policies(role: dict[str, Any]) -> dict[str, Any]:
+            body = await self.gateway.ok("ram", "ListPoliciesForRole", RoleName=role["RoleName"])
+            return core.role_row(role, body.get("Policies", {}).get("Policy", []))
+
+        return list(await asyncio.gather(*(with_policies(r) for r in listed)))
+
+    async def policies(self) -> list[dict[str, str]]:
+        found: list[dict[str, str]] = []
+        for kind in ("System", "Custom"):
+            body = await self.gateway.ok("ram", "ListPolicies", PolicyType=kind, MaxItems="100")
+            found += [{"PolicyName": p["PolicyName"], "PolicyType": p.get("PolicyType", kind)} for p in body.get("Policies", {}).get("Policy", [])]
+        return found
+
+    # -- health: each service's process, and a probe through the APIs --------------------------
+    def pids(self) -> dict[str, int]:
+        if self.faults is None:
+            return {}
+        return self.faults.view.pids()
+
+    async def probe(self, name: str) -> tuple[bool, float, str]:
+        started = time.monotonic()
+        try:
+            ok, detail = await asyncio.wait_for(self._probe(name), PROBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            ok, detail = False, f"no answer in {PROBE_TIMEOUT:g} s"
+        except Refused as exc:
+            ok, detail = False, f"{exc.body.get('Code', '')} (HTTP {exc.status})"
+        return ok, time.monotonic() - started, detail
+
+    async def _probe(self, name: str) -> tuple[bool, str]:
+        region = self.settings.region_id
+        if name == "gateway":  # an unsigned GET: the gateway answers it itself, asking nobody on the bus
+            async with self.http.get(self.gateway.url + "/") as answer:
+                return "RequestId" in await answer.json(content_type=None), f"GET / : HTTP {answer.status}"
+        calls = {"sts": ("sts", "GetCallerIdentity", {}),
+                 "ram": ("ram", "ListUsers", {"MaxItems": "1"}), "ecs": ("ecs", "DescribeInstances", {"RegionId": region, "PageSize": "1"})}
+        if name in calls:
+            product, action, params = calls[name]
+            status, body = await self.gateway.call(product, action, timeout=PROBE_TIMEOUT, **params)
+            return (status == 200 or (name == "gateway" and "RequestId" in body)), f"{product} {action}: HTTP {status}"
+        if name == "oss" and self.faults is not None:
+            async with self.http.get(self.faults.view.file.oss_url + "/") as answer:
+                return answer.status < 500, f"GET / : HTTP {answer.status}"
+        if name.startswith("metadata-"):
+            host = name.removeprefix("metadata-")
+            url = next((e["Url"] for e in (await self.endpoint_map(max_age=10.0)).values() if e.get("HostId") == host), "")
+            if not url:
+                return True, "no instance on this host to ask"
+            status, _ = await self.metadata(url, "/latest/meta-data/instance-id")
+            return status == 200, f"instance-id: HTTP {status}"
+        return True, ""
+
+    async def probe_forever(self, interval: float = 2.0) -> None:
+        while True:
+            pids = self.pids()
+            names = [n for n in pids if n != NAME] or ["gateway", "ram", "sts", "ecs"]
+            probes = await asyncio.gather(*(self.probe(n) for n in names if n != "mosquitto"))
+            found = dict(zip([n for n in names if n != "mosquitto"], probes))
+            self.health = [core.health_row(n, core.process_state(_stat(pids.get(n, 0))) if pids else "running", found.get(n))
+                           for n in names]
+            await asyncio.sleep(interval)
+
+    def note(self, kind: str, text: str, **fields: Any) -> None:
+        """Something the console saw or did, on the live feed."""
+        self.hub.publish({"Kind": kind, "Text": text, "At": time.time(), **fields})
+
+
+def _stat(pid: int) -> str | None:
+    if not pid:
+        return None
+    try:
+        return Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"Code": code, "Message": message}, status=status)
+
+
+def _refused(exc: Refused) -> web.Response:
+    return web.json_response(core.explain_error(exc.status, exc.body), status=exc.status if exc.status >= 400 else 502)
+
+
+def make_app(console: Console) -> web.Application:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/") and request.path != "/api/login":
+            if not console.sessions.valid(request.cookies.get(core.COOKIE), time.time()):
+                return _error(401, "NotSignedIn", "sign in with the cluster's operator AccessKey first")
+        if request.method in ("POST", "DELETE", "PUT") and request.content_type != "application/json":
+            return _error(415, "UnsupportedMediaType", "send JSON (Content-Type: application/json)")
+        try:
+            return await handler(request)
+        except Refused as exc:
+            return _refused(exc)
+        except FaultError as exc:
+            return _error(400, "InvalidFault", str(exc))
+
+    async def body(request: web.Request) -> dict[str, Any]:
+        try:
+            found = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text=json.dumps({"Code": "InvalidJson", "Message": "the body is not JSON"}),
+                                     content_type="application/json") from None
+        return found if isinstance(found, dict) else {}
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def login(request: web.Request) -> web.Response:
+        given = await body(request)
+        if not core.credential_matches(str(given.get("AccessKeyId", "")), str(given.get("AccessKeySecret", "")),
+                                       console.settings.root_access_key_id, console.settings.root_access_key_secret):
+            log.warning("console_login_refused")
+            return _error(403, "InvalidAccessKey", "that is not this cluster's operator AccessKey pair (see the cluster file)")
+        token = console.sessions.open(secrets.token_urlsafe(32), time.time())
+        answer = web.json_response({"SignedIn": True, "AccountId": console.settings.account_id, "RegionId": console.settings.region_id,
+                                    "TimeScale": console.settings.time_scale})
+        answer.set_cookie(core.COOKIE, token, httponly=True, samesite="Strict", path="/", max_age=int(core.SESSION_SECONDS))
+        log.info("console_login")
+        return answer
+
+    async def logout(request: web.Request) -> web.Response:
+        console.sessions.close(request.cookies.get(core.COOKIE))
+        answer = web.json_response({"SignedIn": False})
+        answer.del_cookie(core.COOKIE, path="/")
+        return answer
+
+    async def whoami(request: web.Request) -> web.Response:
+        return web.json_response({"SignedIn": True, "AccountId": console.settings.account_id, "RegionId": console.settings.region_id,
+                                  "TimeScale": console.settings.time_scale})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"Services": console.health})
+
+    async def instances(request: web.Request) -> web.Response:
+        page, size = core.page_request(request.query.get("page"), request.query.get("size"))
+        return web.json_response(await console.instances(page, size))
+
+    async def instance(request: web.Request) -> web.Response:
+        return web.json_response(await console.instance(request.match_info["id"]))
+
+    async def attach_role(request: web.Request) -> web.Response:
+        instance_id, role = request.match_info["id"], str((await body(request)).get("RoleName", ""))
+        answer = await console.gateway.ok("ecs", "AttachInstanceRamRole", RegionId=console.settings.region_id,
+                                          RamRoleName=role, InstanceIds=json.dumps([instance_id]))
+        return _per_instance(console, answer, "AttachInstanceRamRoleResults", "AttachInstanceRamRoleResult",
+                             f"AttachInstanceRamRole {role} -> {instance_id}")
+
+    async def detach_role(request: web.Request) -> web.Response:
+        instance_id = request.match_info["id"]
+        answer = await console.gateway.ok("ecs", "DetachInstanceRamRole", RegionId=console.settings.region_id,
+                                          InstanceIds=json.dumps([instance_id]))
+        return _per_instance(console, answer, "DetachInstanceRamRoleResults", "DetachInstanceRamRoleResult",
+                             f"DetachInstanceRamRole {instance_id}")
+
+    async def roles(request: web.Request) -> web.Response:
+        return web.json_response({"Roles": await console.roles()})
+
+    async def policies(request: web.Request) -> web.Response:
+        return web.json_response({"Policies": await console.policies()})
+
+    async def role_policy(request: web.Request) -> web.Response:
+        role, given = request.match_info["name"], await body(request)
+        action = "AttachPolicyToRole" if request.method == "POST" else "DetachPolicyFromRole"
+        name, kind = str(given.get("PolicyName", "")), str(given.get("PolicyType", "System"))
+        answer = await console.gateway.ok("ram", action, RoleName=role, PolicyName=name, PolicyType=kind)
+        console.note("action", f"{action} {kind}:{name} {'->' if action.startswith('Attach') else 'from'} {role}")
+        return web.json_response({"Done": True, "RequestId": answer.get("RequestId", "")})
+
+    async def explain(request: web.Request) -> web.Response:
+        given = await body(request)
+        answer = await console.gateway.ok("ram", "SimulatePrincipalPolicy", PrincipalType=str(given.get("PrincipalType", "User")),
+                                          PrincipalName=str(given.get("PrincipalName", "")), ActionName=str(given.get("ActionName", "")),
+                                          ResourceName=str(given.get("ResourceName", "") or "*"))
+        return web.json_response(core.explain_decision(answer))
+
+    async def faults(request: web.Request) -> web.Response:
+        if console.faults is None:
+            return _error(409, "NoCluster", "the console was started without a cluster file: no faults")
+        return web.json_response({"Active": console.faults.active(), "Targets": console.faults.targets()})
+
+    async def inject(request: web.Request) -> web.Response:
+        if console.faults is None:
+            return _error(409, "NoCluster", "the console was started without a cluster file: no faults")
+        given = await body(request)
+        types = [t.strip() for t in str(given.get("Types", "")).split(",") if t.strip()]
+        try:
+            entry = await console.faults.inject(str(given.get("Kind", "")), str(given.get("Target", "")), types,
+                                                float(given.get("Probability", 1.0) or 1.0), float(given.get("Delay", 0.0) or 0.0))
+        except (TypeError, ValueError) as exc:
+            raise FaultError(str(exc)) from None
+        console.note("fault", f"fault {entry['Id']}: {entry['Kind']} {entry['Target']}" + (f" {','.join(types)}" if types else ""))
+        return web.json_response(entry)
+
+    async def heal(request: web.Request) -> web.Response:
+        if console.faults is None or not await console.faults.heal(request.match_info["id"]):
+            return _error(404, "FaultNotFound", f"no active fault {request.match_info['id']}")
+        console.note("fault", f"fault {request.match_info['id']} healed")
+        return web.json_response({"Healed": request.match_info["id"]})
+
+    async def feed(request: web.Request) -> web.StreamResponse:
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await stream.prepare(request)
+        with console.hub.subscribe() as queue:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), 15.0)
+                    await stream.write(f"data: {json.dumps(item)}\n\n".encode())
+                except asyncio.TimeoutError:
+                    await stream.write(b": keep-alive\n\n")
+                except (ConnectionResetError, RuntimeError):
+                    break
+        return stream
+
+    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
+    app.add_routes([
+        web.get("/", index), web.static("/static", STATIC),
+        web.post("/api/login", login), web.post("/api/logout", logout), web.get("/api/whoami", whoami),
+        web.get("/api/health", health), web.get("/api/instances", instances), web.get("/api/instances/{id}", instance),
+        web.post("/api/instances/{id}/role", attach_role), web.delete("/api/instances/{id}/role", detach_role),
+        web.get("/api/roles", roles), web.get("/api/policies", policies),
+        web.post("/api/roles/{name}/policies", role_policy), web.delete("/api/roles/{name}/policies", role_policy),
+        web.post("/api/explain", explain),
+        web.get("/api/faults", faults), web.post("/api/faults", inject), web.delete("/api/faults/{id}", heal),
+        web.get("/api/feed", feed),
+    ])
+    return app
+
+
+def _per_instance(console: Console, answer: Mapping[str, Any], outer: str, inner: str, what: str) -> web.Response:
+    """Attach/Detach answer per instance: a failed one is an error on the page, with its code."""
+    results = answer.get(outer, {}).get(inner, [])
+    failed = [r for r in results if not r.get("Success", True)]
+    if failed:
+        return web.json_response({"Status": 400, "Code": failed[0].get("Code", ""), "Message": failed[0].get("Message", "")}, status=400)
+    console.note("action", what, At=time.time())
+    return web.json_response({"Done": True, "RequestId": answer.get("RequestId", "")})
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, cluster_path: Path | None) -> AsyncIterator[tuple[Console, int]]:
+    """The console's HTTP server, listening; yields it and its port."""
+    async with aiohttp.ClientSession(trust_env=False) as http:
+        credential = api.Credential(settings.root_access_key_id, settings.root_access_key_secret)
+        console = Console(settings, Gateway(http, settings.gateway_url, credential), cluster_path, http)
+        runner = web.AppRunner(make_app(console), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        tasks = [asyncio.create_task(console.probe_forever(), name="console:probes")]
+        try:
+            yield console, port
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if console.faults is not None:
+                await console.faults.close()
+            await runner.cleanup()
+
+
+async def serve(settings: Settings) -> None:
+    if not settings.root_access_key_id or not settings.root_access_key_secret:
+        raise SystemExit("console: RAMSIM_ROOT_ACCESS_KEY_ID and RAMSIM_ROOT_ACCESS_KEY_SECRET (the operator's AccessKey) are required")
+    if not settings.gateway_url:
+        raise SystemExit("console: RAMSIM_GATEWAY_URL is required")
+    clock = service.clock_for(settings)
+    bus = await service.connect(NAME, settings, clock)
+    client = await BusClient(bus, NAME, clock, ready=False).start()  # "starting" until HTTP listens
+    cluster_path = Path(os.environ["RAMSIM_CLUSTER"]) if os.environ.get("RAMSIM_CLUSTER") else None
+    async with running(settings, cluster_path) as (_, port):
+        client.ready = True
+        log.info("service_ready", node=NAME, url=f"http://{settings.http_host}:{port}")
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await bus.close()
+            log.info("service_stopped", node=NAME)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    service.run(NAME, "Console: the cluster's web console (sign in with the operator AccessKey).", serve, argv=argv)
+
