@@ -60,7 +60,7 @@ $("logout").addEventListener("click", async () => { await api("POST", "/api/logo
 async function refreshHealth() {
   const { Services } = await api("GET", "/api/health");
   $("health").replaceChildren(...Services.map((s) => el("span", { class: "chip " + s.Status, title: s.Detail, "data-service": s.Name },
-    el("span", { class: "dot" }), s.Name, el("small", {}, s.Status === "healthy" ? `${s.LatencyMs} ms` : s.Status))));
+    el("span", { class: "dot" }), s.Name, el("small", {}, s.Status !== "healthy" ? s.Status : s.Detail ? `${s.LatencyMs} ms` : s.Process))));
   const targets = ["*", ...Services.map((s) => s.Name)];
   fill($("fault-target"), targets.map((n) => [n, n === "*" ? "every node" : n]));
 }
