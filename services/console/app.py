@@ -209,6 +209,8 @@ class Console:
             ok, detail = False, f"no answer in {PROBE_TIMEOUT:g} s"
         except Refused as exc:
             ok, detail = False, f"{exc.body.get('Code', '')} (HTTP {exc.status})"
+        except (aiohttp.ClientError, OSError, ValueError, FaultError) as exc:  # refused, reset, not JSON, no cluster file yet
+            ok, detail = False, f"{type(exc).__name__}: {exc}"[:160]
         return ok, time.monotonic() - started, detail
 
     async def _probe(self, name: str) -> tuple[bool, str]:
@@ -236,12 +238,15 @@ class Console:
 
     async def probe_forever(self, interval: float = 2.0) -> None:
         while True:
-            pids = self.pids()
-            names = [n for n in pids if n != NAME] or ["gateway", "ram", "sts", "ecs"]
-            probes = await asyncio.gather(*(self.probe(n) for n in names if n != "mosquitto"))
-            found = dict(zip([n for n in names if n != "mosquitto"], probes))
-            self.health = [core.health_row(n, core.process_state(_stat(pids.get(n, 0))) if pids else "running", found.get(n))
-                           for n in names]
+            try:
+                pids = self.pids()
+                names = [n for n in pids if n != NAME] or ["gateway", "ram", "sts", "ecs"]
+                probed = [n for n in names if n != "mosquitto"]  # the broker: its process (everything else goes through it)
+                found = dict(zip(probed, await asyncio.gather(*(self.probe(n) for n in probed))))
+                self.health = [core.health_row(n, core.process_state(_stat(pids.get(n, 0))) if pids else "running", found.get(n))
+                               for n in names]
+            except Exception as exc:  # noqa: BLE001 - one bad round must not end the health panel
+                log.warning("console_probe_failed", error=f"{type(exc).__name__}: {exc}"[:200])
             await asyncio.sleep(interval)
 
     def note(self, kind: str, text: str, **fields: Any) -> None:

@@ -3,7 +3,7 @@
 
 The page loads after sign-in, lists the instances, an attach clicked on the page shows the role
 at that instance's metadata path within a second (the metadata view itself is polled), a detach
-shows the 404, and a screenshot is kept (``test-artifacts/console.png``, its path printed). A
+shows the 404, a pause injected from the page shows on its health panel until healed from it, and a screenshot is kept (``test-artifacts/console.png``, its path printed). A
 console request without the operator credential is refused.
 """
 
@@ -146,6 +146,16 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
                            what=f"the 404 at {instance_id}'s metadata path within a second of the detach")
                 expect(page.locator("#md-status")).to_have_text("404", timeout=5_000)
                 expect(page.locator("#sel-role")).to_have_text("none")
+
+                # A fault injected from the page, its effect watched there, then healed from the page.
+                page.select_option("#fault-kind", "pause")
+                page.select_option("#fault-target", "sts")
+                page.click("#fault-inject")
+                expect(page.locator("#faults li")).to_have_count(1, timeout=5_000)
+                expect(page.locator('#health .chip[data-service="sts"]')).to_have_class("chip paused", timeout=10_000)
+                page.click("#faults li button")
+                expect(page.locator("#faults li")).to_have_count(0, timeout=5_000)
+                expect(page.locator('#health .chip[data-service="sts"]')).to_have_class("chip healthy", timeout=10_000)
 
                 page.click("#logout")  # signed out: the API refuses the browser's next request
                 expect(page.locator("#login")).to_be_visible()
