@@ -39,7 +39,7 @@ function explainError(err) {  // RAM's explanation of a denial, when there is on
 
 async function act(what, fn) {
   try { await fn(); toast(what); } catch (err) { if (err.message !== "not signed in") toast(explainError(err), true); }
-  refreshAll();
+  refreshAll(); refreshInstance().catch(() => {});
 }
 
 // -- sign-in ------------------------------------------------------------------------------------
@@ -187,9 +187,9 @@ function drawDiagram() {
   const names = lifelines(messages), width = Math.max(560, names.length * 110), top = 34, step = 24;
   const height = top + messages.length * step + 16, x = (n) => 55 + names.indexOf(n) * ((width - 110) / Math.max(1, names.length - 1));
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "sequence diagram of the live messages" });
-  root.append(svg("defs", {})); root.firstChild.append(Object.assign(svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
-    markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }), {}));
-  root.querySelector("marker").append(svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#56607a" }));
+  const defs = svg("defs", {}), marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
+    markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+  marker.append(svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#56607a" })); defs.append(marker); root.append(defs);
   for (const n of names) {
     root.append(svg("line", { x1: x(n), y1: 22, x2: x(n), y2: height, stroke: "#d5d9e2", "stroke-dasharray": "3 3" }));
     root.append(svg("text", { x: x(n), y: 15, "text-anchor": "middle", "font-size": 12, "font-weight": 600, fill: "#232b3a" }, n));
@@ -211,6 +211,7 @@ function onItem(item) {
     if (item.TraceId && !state.traces.has(item.TraceId)) {
       state.traces.add(item.TraceId);
       $("trace-filter").append(el("option", { value: item.TraceId }, `${item.TraceId.slice(0, 12)} ${item.Type}`));
+      while ($("trace-filter").options.length > 60) $("trace-filter").options[1].remove();  // the oldest traces go
     }
     if (!state.paused) drawDiagram();
   } else {
@@ -232,7 +233,8 @@ $("feed-pause").addEventListener("click", () => { state.paused = !state.paused; 
 
 // -- refresh loop ---------------------------------------------------------------------------------
 async function refreshAll() {
-  await Promise.allSettled([refreshHealth(), refreshInstances(), refreshRoles(), refreshFaults(), refreshInstance()]);
+  await Promise.allSettled([refreshHealth(), refreshInstances(), refreshRoles(), refreshFaults()]);
 }
 setInterval(() => { if (!$("main").hidden) refreshAll(); }, 2000);
+setInterval(() => { if (!$("main").hidden) refreshInstance().catch(() => {}); }, 1000);  // the selected instance, as it sees itself
 api("GET", "/api/whoami").then(showMain).catch(() => showLogin());
