@@ -122,16 +122,34 @@ class Console:
         self.clock = service.clock_for(settings)
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.endpoints_at = 0.0
+        self._endpoints_task: asyncio.Task[None] | None = None
         self.health: list[dict[str, Any]] = []
 
     # -- what the console reads ---------------------------------------------------------------
-    async def endpoint_map(self, need: str = "", max_age: float = 5.0) -> dict[str, dict[str, Any]]:
-        """DescribeInstanceMetadataEndpoints, cached a few seconds (asked again for an instance it lacks)."""
-        if time.monotonic() - self.endpoints_at > max_age or (need and need not in self.endpoints):
-            body = await self.gateway.ok("ecs", "DescribeInstanceMetadataEndpoints")
-            self.endpoints = {e["InstanceId"]: e for e in body.get("Endpoints", [])}
-            self.endpoints_at = time.monotonic()
+    async def endpoint_map(self, need: str = "", max_age: float = 10.0) -> dict[str, dict[str, Any]]:
+        """Where each instance's metadata view listens (DescribeInstanceMetadataEndpoints, which
+        answers every instance at once: slow at thousands). The cached map is answered at once and
+        refreshed in the background when older than ``max_age``; only an instance it lacks
+        (``need``) waits for the refresh."""
+        stale = time.monotonic() - self.endpoints_at > max_age
+        if (need and need not in self.endpoints) or (stale and not self.endpoints_at):
+            with contextlib.suppress(Refused, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._refresh_endpoints()), 8.0)
+        elif stale:
+            self._refresh_endpoints()
         return self.endpoints
+
+    def _refresh_endpoints(self) -> "asyncio.Task[None]":
+        """One refresh at a time (a second caller waits for the running one)."""
+        if self._endpoints_task is None or self._endpoints_task.done():
+            async def refresh() -> None:
+                body = await self.gateway.ok("ecs", "DescribeInstanceMetadataEndpoints")
+                self.endpoints = {e["InstanceId"]: e for e in body.get("Endpoints", [])}
+                self.endpoints_at = time.monotonic()
+
+            self._endpoints_task = asyncio.get_running_loop().create_task(refresh(), name="console:endpoints")
+            self._endpoints_task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed refresh: try again next time
+        return self._endpoints_task
 
     async def metadata(self, url: str, path: str) -> tuple[int, str]:
         """GET ``path`` from an instance's metadata view, as the instance sees it."""
@@ -176,7 +194,7 @@ class Console:
         ids = [i["InstanceId"] for i in described.get("Instances", {}).get("Instance", [])]
         roles = await self.gateway.ok("ecs", "DescribeInstanceRamRole", RegionId=self.settings.region_id,
                                       InstanceIds=json.dumps(ids), PageSize="100") if ids else {}
-        endpoints = await self.endpoint_map(max_age=10.0)
+        endpoints = await self.endpoint_map(max_age=30.0)
         return core.instances_page(described, roles.get("InstanceRamRoleSets", {}).get("InstanceRamRoleSet", []), endpoints)
 
     async def roles(self) -> list[dict[str, Any]]:
@@ -229,7 +247,7 @@ class Console:
                 return answer.status < 500, f"GET / : HTTP {answer.status}"
         if name.startswith("metadata-"):
             host = name.removeprefix("metadata-")
-            url = next((e["Url"] for e in (await self.endpoint_map(max_age=10.0)).values() if e.get("HostId") == host), "")
+            url = next((e["Url"] for e in (await self.endpoint_map(max_age=30.0)).values() if e.get("HostId") == host), "")
             if not url:
                 return True, "no instance on this host to ask"
             status, _ = await self.metadata(url, "/latest/meta-data/instance-id")
