@@ -8,6 +8,7 @@ Layout (``ramsim/v1`` prefix)::
     ramsim/v1/deadletter/<node>                    what <node> dropped, and why (never the payload)
     ramsim/v1/control/<node>                       the faults the operator sets on <node> (experiments)
     ramsim/v1/control/<node>/applied               <node>'s acknowledgement of the faults it now obeys
+    ramsim/#                                       everything (:func:`everything`: the read-only trace tap)
 
 The topics are shaped for broker ACLs (``services/cli/broker.py``): a node's broker identity
 is its node id, the broker lets it publish direct messages only under ``from/<its id>`` and
@@ -94,6 +95,11 @@ def control(node: str = ANY) -> str:
 def control_applied(node: str = ANY) -> str:
     """Where ``node`` acknowledges the faults it now obeys (default: the filter for every node's)."""
     return f"{PREFIX}/control/{_segment_or_any(node)}/applied"
+
+
+def everything() -> str:
+    """Filter for every topic ramsim uses, of any version (what the read-only trace identity reads)."""
+    return f"{PREFIX.split('/')[0]}/#"
 
 
 def matches(topic_filter: str, topic: str) -> bool:

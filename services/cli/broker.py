@@ -24,6 +24,10 @@ everyone (pattern)     ``node/+/from/<me>`` (direct messages),   ``node/<me>/fro
                        ``control/+`` (experiments' faults)
 ``observer``                                                     ``event/+/+``, ``deadletter/+``
                                                                  (monitoring, tests)
+``trace``              nothing: its own outbox, dead letters     ``ramsim/#``, everything (the trace
+                       and acks are denied (``topic deny``)      tap: ``ramsim trace``, the tour, the
+                                                                 console; it yields only redacted
+                                                                 descriptions, protocol/trace.py)
 =====================  ========================================  =====================================
 
 Only the operator sets faults (``control/<node>``, :mod:`services.runtime.chaos`), and each node
@@ -65,6 +69,7 @@ from protocol import topics
 CLIENT_ID_PREFIX = "ramsim-"  # every client id a client sends starts with it; no username does
 OPERATOR = "operator"   # ``ramsim up``'s readiness pings; tools and tests that join the bus
 OBSERVER = "observer"   # reads every event and every dead letter (monitoring, tests)
+TRACE = "trace"         # reads everything, writes nothing (services/runtime/tap.py)
 PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
 PASSWORD_BYTES = 24
@@ -72,7 +77,7 @@ PASSWORD_BYTES = 24
 
 @dataclass(frozen=True)
 class Rule:
-    access: str  # "read" | "write"
+    access: str  # "read" | "write" | "deny" (no access at all, checked before any grant)
     topic: str   # a topic filter; in PATTERNS, %u stands for the connecting username
 
 
@@ -98,6 +103,10 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
     OPERATOR: (Rule("write", topics.events("app")),  # `ramsim app` joins as the operator and reports each call
                Rule("write", topics.control()), Rule("read", topics.control_applied())),  # experiments set faults
     OBSERVER: (Rule("read", topics.events()), Rule("read", topics.deadletters())),
+    # Read-only: Mosquitto checks a user's denials before anything else (its patterns included),
+    # so the writes every identity's patterns grant are taken back for this one.
+    TRACE: (Rule("read", topics.everything()), Rule("deny", topics.outbox_filter(TRACE)),
+            Rule("deny", topics.deadletter(TRACE)), Rule("deny", topics.control_applied(TRACE))),
 }
 
 

@@ -48,6 +48,7 @@ class _Pending:
     context: Any
     dest: str
     deadline: float  # loop time
+    trace_id: str = ""  # the request's: what its answer (or timeout) causes carries it on
 
 
 @dataclass
@@ -162,7 +163,8 @@ class Driver:
                     await self._drop("unexpected_reply", env, detail=f"in reply to {env.in_reply_to}")
                     return
                 del self._pending[env.in_reply_to]
-                await self._run_core(lambda: self.core.on_reply(pending.context, env.body, now), None)
+                await self._run_core(lambda: self.core.on_reply(pending.context, env.body, now), None,
+                                     trace_id=env.trace_id or pending.trace_id)
                 return
             if isinstance(env.body, Ping):
                 # a core may not be ready to serve at once (an agent not yet registered)
@@ -196,10 +198,12 @@ class Driver:
             pending = self._pending.pop(msg_id)
             self.counters.timeouts += 1
             self.log.warning("request_timeout", dest=pending.dest)
-            await self._run_core(lambda: self.core.on_reply(pending.context, errors.timeout(pending.dest), self.clock.now()), None)
+            await self._run_core(lambda: self.core.on_reply(pending.context, errors.timeout(pending.dest), self.clock.now()), None,
+                                 trace_id=pending.trace_id)
         deadline = self.core.next_deadline()
         if deadline is not None and deadline <= self.clock.now():
-            await self._run_core(lambda: self.core.on_timer(self.clock.now()), None)
+            # a timer step (a credential refresh) starts a trace of its own
+            await self._run_core(lambda: self.core.on_timer(self.clock.now()), None, trace_id=self.endpoint.new_trace_id())
 
     def _next_wakeup(self, loop_now: float) -> float | None:
         waits = [p.deadline - loop_now for p in self._pending.values()]
@@ -209,7 +213,9 @@ class Driver:
         return max(0.0, min(waits)) if waits else None
 
     # -- effects --------------------------------------------------------------------------
-    async def _run_core(self, step: Any, request: Envelope | None) -> None:
+    async def _run_core(self, step: Any, request: Envelope | None, *, trace_id: str = "") -> None:
+        """Run one step of the core and apply its effects. Its messages carry ``request``'s trace
+        id, or (a reply's or a timer's step, with no request) ``trace_id``."""
         if request is not None and request.dest != "*" and (request.src, request.msg_id) in self._replies:
             self.counters.duplicates += 1  # redelivered after its effects were committed: answer again, do not run again
             self.log.info("request_duplicate", src=request.src, body=type(request.body).__name__)
@@ -225,8 +231,8 @@ class Driver:
             await self._drop("core_failed", self._dispatching)
             return
         if self.store is not None and not (request is not None and type(request.body) in self.core.READ_ONLY):  # type: ignore[attr-defined]
-            effects = await self._persist(effects, request)
-        await self._perform(effects, request)
+            effects = await self._persist(effects, request, trace_id)
+        await self._perform(effects, request, trace_id)
         if self.after_step is not None:
             await self.after_step()
 
@@ -260,13 +266,13 @@ class Driver:
                 changes[table] = diff
         return changes
 
-    async def _persist(self, effects: list[Effect], cause: Envelope | None) -> list[Effect]:
+    async def _persist(self, effects: list[Effect], cause: Envelope | None, caused_by: str = "") -> list[Effect]:
         """Commit the step (changed rows, its messages, its replies); publish; return the rest."""
         assert self.store is not None
         changes = self._changes()
         if not changes and not any(isinstance(e, (Publish, Send)) for e in effects):
             return effects
-        trace_id = cause.trace_id if cause is not None else ""
+        trace_id = cause.trace_id if cause is not None else caused_by
         node = self.core.node_id
         outbox: list[tuple[str, bytes]] = []
         replies: list[tuple[str, int, str, bytes]] = []
@@ -316,8 +322,8 @@ class Driver:
             self._sent = []
             self.store.close()
 
-    async def _perform(self, effects: list[Effect], cause: Envelope | None) -> None:
-        trace_id = cause.trace_id if cause is not None else ""
+    async def _perform(self, effects: list[Effect], cause: Envelope | None, caused_by: str = "") -> None:
+        trace_id = cause.trace_id if cause is not None else caused_by
         for effect in effects:
             if isinstance(effect, Reply):
                 await self.endpoint.reply(effect.request, effect.body)
@@ -325,7 +331,8 @@ class Driver:
                 await self.endpoint.send(effect.dest, effect.body, trace_id=trace_id)
             elif isinstance(effect, Request):
                 env = self.endpoint.envelope(effect.dest, effect.body, trace_id=effect.trace_id or trace_id)
-                self._pending[env.msg_id] = _Pending(effect.context, effect.dest, asyncio.get_running_loop().time() + self.request_timeout)
+                self._pending[env.msg_id] = _Pending(effect.context, effect.dest, asyncio.get_running_loop().time() + self.request_timeout,
+                                                     env.trace_id)
                 await self.endpoint.post(env)
             elif isinstance(effect, Publish):
                 await self.endpoint.publish(effect.topic, effect.body, trace_id=trace_id)

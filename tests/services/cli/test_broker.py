@@ -50,6 +50,8 @@ def may(table: dict[str, list[tuple[str, str]]], user: str, access: str, topic: 
     if user not in table:
         return False
     rules = table[user] + [(a, t.replace("%u", user)) for a, t in table["%pattern"]]
+    if any(a == "deny" and topics.matches(t, topic) for a, t in rules):  # Mosquitto checks a user's denials first
+        return False
     return any(a in (access, "readwrite") and topics.matches(t, topic) for a, t in rules)
 
 
@@ -60,7 +62,8 @@ def acl() -> dict[str, list[tuple[str, str]]]:
 
 def test_every_identity_sends_direct_messages_only_as_itself_and_reads_only_its_inbox(acl) -> None:  # noqa: ANN001
     users = [u for u in acl if u != "%pattern"]
-    assert set(users) == {"ram", "sts", "ecs", "gateway", "console", "oss", "operator", "observer", "metadata-host-1", "metadata-host-2"}
+    assert set(users) == {"ram", "sts", "ecs", "gateway", "console", "oss", "operator", "observer", "trace", "metadata-host-1", "metadata-host-2"}
+    users.remove(broker.TRACE)  # reads everything, writes nothing: test_the_trace_identity_...
     for user in users:
         for other in users:
             assert may(acl, user, "write", topics.inbox(other, user))
@@ -75,7 +78,7 @@ def test_only_ecs_writes_host_topics_and_each_agent_reads_only_its_own_host(acl)
     for host in HOSTS:
         topic = topics.instance(host, "i-1")
         assert [u for u in acl if may(acl, u, "write", topic)] == ["ecs"]
-        assert [u for u in acl if may(acl, u, "read", topic)] == [broker.host_identity(host)]
+        assert [u for u in acl if may(acl, u, "read", topic)] == [broker.TRACE, broker.host_identity(host)]
     assert not may(acl, "metadata-host-1", "read", topics.instance("host-10", "i-1"))
 
 
@@ -83,16 +86,17 @@ def test_each_service_alone_announces_its_events(acl) -> None:  # noqa: ANN001
     for service in ("ram", "sts", "ecs", "oss", "gateway", "metadata-host-1"):
         assert [u for u in acl if may(acl, u, "write", topics.event(service, "Anything"))] == \
             ([service] if service in ("ram", "sts", "ecs") else [])
-    assert sorted(u for u in acl if may(acl, u, "read", topics.event("ram", "PolicyAttachedToRole"))) == ["ecs", "observer", "oss"]
-    assert [u for u in acl if may(acl, u, "read", topics.event("sts", "RoleAssumed"))] == ["observer"]
+    assert sorted(u for u in acl if may(acl, u, "read", topics.event("ram", "PolicyAttachedToRole"))) == \
+        ["ecs", "observer", "oss", "trace"]
+    assert [u for u in acl if may(acl, u, "read", topics.event("sts", "RoleAssumed"))] == ["observer", "trace"]
 
 
 def test_each_identity_writes_only_its_own_dead_letters_and_only_the_observer_reads_them(acl) -> None:  # noqa: ANN001
     users = [u for u in acl if u != "%pattern"]
     for node in users:
         topic = topics.deadletter(node)
-        assert [u for u in users if may(acl, u, "write", topic)] == [node]
-        assert [u for u in users if may(acl, u, "read", topic)] == [broker.OBSERVER]
+        assert [u for u in users if may(acl, u, "write", topic)] == ([node] if node != broker.TRACE else [])
+        assert [u for u in users if may(acl, u, "read", topic)] == [broker.OBSERVER] + ([broker.TRACE] if node != broker.TRACE else [])
     assert not may(acl, "nobody", "write", topics.deadletter("nobody"))
     assert not may(acl, "ram", "write", topics.deadletter("ram") + "/more")  # one level: the node's own topic, no deeper
 
@@ -100,6 +104,9 @@ def test_each_identity_writes_only_its_own_dead_letters_and_only_the_observer_re
 def test_no_rule_reaches_beyond_ramsim_topics(acl) -> None:  # noqa: ANN001
     for user, rules in acl.items():
         for _, topic in rules:
+            if (user, topic) == (broker.TRACE, topics.everything()):
+                assert topic == "ramsim/#"  # the read-only tap: every ramsim topic, nothing else
+                continue
             assert topic.startswith(topics.PREFIX + "/") and "#" not in topic, (user, topic)
     assert not any(may(acl, u, "read", "$SYS/broker/clients/connected") for u in acl)
 
@@ -162,3 +169,20 @@ def test_the_generated_config_refuses_anonymous_clients_and_retained_messages(tm
     assert lines[lines.index("listener 18831 127.0.0.1") + 1] == "use_username_as_clientid true"
     assert f"clientid_prefixes {broker.CLIENT_ID_PREFIX}" in lines
     assert not any(user.startswith(broker.CLIENT_ID_PREFIX) for user in broker.acl_rules(HOSTS))
+
+
+def test_the_trace_identity_reads_everything_and_its_pattern_writes_are_denied() -> None:
+    text = broker.acl_text(broker.acl_rules(HOSTS))
+    section = text.split(f"user {broker.TRACE}\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert section == ["topic read ramsim/#", f"topic deny {topics.outbox_filter(broker.TRACE)}",
+                       f"topic deny {topics.deadletter(broker.TRACE)}", f"topic deny {topics.control_applied(broker.TRACE)}"]
+    assert broker.TRACE in broker.Identities.generate(HOSTS).passwords  # so keys.json keeps a password for it
+    acl = grants(text)
+    users = [u for u in acl if u != "%pattern"]
+    for topic in (topics.inbox("ram", broker.TRACE), topics.inbox(broker.TRACE, "ram"), topics.deadletter(broker.TRACE),
+                  topics.control_applied(broker.TRACE), topics.event("ram", "X"), topics.instance("host-1", "i-1"),
+                  topics.control("ram")):
+        assert not may(acl, broker.TRACE, "write", topic), topic
+    for other in users:
+        assert may(acl, broker.TRACE, "read", topics.inbox(other, "ram"))
+    assert not may(acl, broker.TRACE, "read", "$SYS/broker/clients/connected")
