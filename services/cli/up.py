@@ -464,7 +464,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                     ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
             plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
                      for host in hosts]
-            console_url = _console_plan(plan, options, kept, gateway_port, path)
+            console_url = _console_plan(plan, options, kept, gateway_port, path, identities.url(broker.TRACE, "127.0.0.1", port))
             proxies = await _start_proxies(options.proxies, [n for n, _ in plan], kept.services_port)
             for name, extra in plan:
                 module = name.split("-")[0]
@@ -510,9 +510,11 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                     path.unlink()
 
 
-def _console_plan(plan: list[tuple[str, dict[str, str]]], options: Options, kept: keys.Keys, gateway_port: int, path: Path) -> str:
+def _console_plan(plan: list[tuple[str, dict[str, str]]], options: Options, kept: keys.Keys, gateway_port: int, path: Path,
+                  trace_url: str) -> str:
     """Add the web console to ``plan`` when asked for (signed in with the root AccessKey, calling
-    the gateway as it; the cluster file tells it the children's pids); its URL, or ""."""
+    the gateway as it; the cluster file tells it the children's pids; its live feed follows the
+    bus as the read-only ``trace`` identity); its URL, or ""."""
     if not options.console:
         return ""
     port = options.console_port or free_port()
@@ -521,7 +523,8 @@ def _console_plan(plan: list[tuple[str, dict[str, str]]], options: Options, kept
                       "port, or leave --console-port out for a free one")
     plan.append(("console", {"RAMSIM_HTTP_PORT": str(port), "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
                              "RAMSIM_ROOT_ACCESS_KEY_ID": kept.root_access_key_id,
-                             "RAMSIM_ROOT_ACCESS_KEY_SECRET": kept.root_access_key_secret, "RAMSIM_CLUSTER": str(path)}))
+                             "RAMSIM_ROOT_ACCESS_KEY_SECRET": kept.root_access_key_secret, "RAMSIM_CLUSTER": str(path),
+                             "RAMSIM_TRACE_BROKER_URL": trace_url}))
     return f"http://127.0.0.1:{port}"
 
 

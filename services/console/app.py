@@ -20,6 +20,7 @@ waits for it and supervises it as any other service.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -30,9 +31,11 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import aiohttp
+import msgspec
 import structlog
 from aiohttp import web
 
+from protocol import times
 from services.cli import api
 from services.console import core
 from services.console.faults import ConsoleFaults, FaultError
@@ -53,6 +56,7 @@ class Gateway:
 
     def __init__(self, session: aiohttp.ClientSession, url: str, credential: api.Credential) -> None:
         self.session, self.url, self.credential = session, url.rstrip("/"), credential
+        self.quiet: collections.OrderedDict[str, None] = collections.OrderedDict()  # trace ids of the console's own reads
 
     async def call(self, product: str, action: str, timeout: float = 15.0, **params: str) -> tuple[int, dict[str, Any]]:
         query = api.signed_query(product, action, params, self.credential)
@@ -61,7 +65,12 @@ class Gateway:
                                          headers={"Accept": "application/json"}) as answer:
                 raw = await answer.read()
                 try:
-                    return answer.status, json.loads(raw)
+                    found = json.loads(raw)
+                    if core.is_read(action) and isinstance(found, dict) and found.get("RequestId"):
+                        self.quiet[core.trace_of(str(found["RequestId"]))] = None  # the feed leaves this call's messages out
+                        while len(self.quiet) > 5000:
+                            self.quiet.popitem(last=False)
+                    return answer.status, found
                 except ValueError:
                     return answer.status, {"Code": "InvalidResponse", "Message": raw.decode(errors="replace")[:200]}
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -267,6 +276,44 @@ class Console:
                 log.warning("console_probe_failed", error=f"{type(exc).__name__}: {exc}"[:200])
             await asyncio.sleep(interval)
 
+    async def follow(self, broker_url: str, hold: float = 0.4) -> None:
+        """The live feed: every message on the bus from the trace tap (protocol/trace.py: redacted),
+        held ``hold`` seconds so the console's own reads (whose trace ids it learns from their
+        answers) are left out, throttled (core.Throttle), and credential rotations recorded."""
+        from services.runtime.tap import Tap
+
+        throttle, pending = core.Throttle(), collections.deque[tuple[float, dict[str, Any]]]()
+        while True:
+            try:
+                async with Tap(broker_url) as tap:
+                    self.note("feed", "following the bus (trace tap)")
+                    while True:
+                        event = await tap.get(timeout=0.1)
+                        if event is not None:
+                            pending.append((time.monotonic(), core.feed_item(msgspec.to_builtins(event))))
+                        while pending and time.monotonic() - pending[0][0] >= hold:
+                            item = pending.popleft()[1]
+                            self._rotation(item)
+                            if item["TraceId"] in self.gateway.quiet or item["Src"] == NAME or item["Dest"] == NAME:
+                                continue
+                            if throttle.allow(time.monotonic()):
+                                self.hub.publish(item)
+                        if throttle.refused >= 100:
+                            self.note("feed", f"{throttle.refused} messages not drawn (more than {core.FEED_RATE:g} a second)")
+                            throttle.refused = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the broker away (restarting, paused): follow again
+                log.warning("console_feed_lost", error=f"{type(exc).__name__}: {exc}"[:200])
+                self.note("feed", "the feed lost the broker; following again")
+                await asyncio.sleep(1.0)
+
+    def _rotation(self, item: dict[str, Any]) -> None:
+        found = core.rotation_of(item)
+        if found is not None:
+            instance_id, key, expiration, role = found
+            self.rotations.record(instance_id, key, expiration, times.iso(self.clock.now()), "event", role)
+
     def note(self, kind: str, text: str, **fields: Any) -> None:
         """Something the console saw or did, on the live feed."""
         self.hub.publish({"Kind": kind, "Text": text, "At": time.time(), **fields})
@@ -449,7 +496,7 @@ def _per_instance(console: Console, answer: Mapping[str, Any], outer: str, inner
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, cluster_path: Path | None) -> AsyncIterator[tuple[Console, int]]:
+async def running(settings: Settings, cluster_path: Path | None, trace_url: str = "") -> AsyncIterator[tuple[Console, int]]:
     """The console's HTTP server, listening; yields it and its port."""
     async with aiohttp.ClientSession(trust_env=False) as http:
         credential = api.Credential(settings.root_access_key_id, settings.root_access_key_secret)
@@ -460,6 +507,8 @@ async def running(settings: Settings, cluster_path: Path | None) -> AsyncIterato
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         tasks = [asyncio.create_task(console.probe_forever(), name="console:probes")]
+        if trace_url:
+            tasks.append(asyncio.create_task(console.follow(trace_url), name="console:feed"))
         try:
             yield console, port
         finally:
@@ -480,7 +529,8 @@ async def serve(settings: Settings) -> None:
     bus = await service.connect(NAME, settings, clock)
     client = await BusClient(bus, NAME, clock, ready=False).start()  # "starting" until HTTP listens
     cluster_path = Path(os.environ["RAMSIM_CLUSTER"]) if os.environ.get("RAMSIM_CLUSTER") else None
-    async with running(settings, cluster_path) as (_, port):
+    trace_url = os.environ.get("RAMSIM_TRACE_BROKER_URL", "")  # the read-only `trace` identity (services/runtime/tap.py)
+    async with running(settings, cluster_path, trace_url) as (_, port):
         client.ready = True
         log.info("service_ready", node=NAME, url=f"http://{settings.http_host}:{port}")
         stop = asyncio.Event()

@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from protocol.times import parse_iso
+from protocol.times import iso, parse_iso
 
 KEY_PREFIX = 8          # characters of an AccessKeyId the console shows ("STS.NUxy…")
 HISTORY = 20            # rotations remembered per instance
@@ -192,3 +192,72 @@ def explain_decision(answer: Mapping[str, Any]) -> dict[str, Any]:
     return {"Allowed": bool(decision.get("Allowed")), "Decision": decision.get("Decision", ""), "Reason": decision.get("Reason", ""),
             "Matches": [{"Policy": m.get("Policy", ""), "Version": m.get("Version", ""), "Statement": m.get("Statement", 0),
                          "Effect": m.get("Effect", ""), "Sid": m.get("Sid", "")} for m in decision.get("Matches", [])]}
+
+
+# -- the live feed --------------------------------------------------------------------------------
+
+READS = ("Describe", "List", "Get", "Simulate")  # the console's own reads: their traces stay off the feed
+FEED_RATE = 40.0   # messages a second drawn at most (a refresh storm of 10,000 instances is summarised)
+FEED_BURST = 80
+
+
+def is_read(action: str) -> bool:
+    return action.startswith(READS)
+
+
+def trace_of(request_id: str) -> str:
+    """The trace id the gateway gives the messages of the call it answered with ``request_id``."""
+    return request_id.replace("-", "")[:16].lower()
+
+
+def feed_item(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A :class:`protocol.trace.TraceEvent` (as builtins) as the page draws it: an arrow from
+    ``Src`` to ``Dest`` (``events`` for a broadcast), its type, a short summary, its key fields
+    with every AccessKeyId masked, and for a denial RAM's reason."""
+    fields = {k: (mask(v) if k.endswith("AccessKeyId") else v) for k, v in dict(event.get("fields", {})).items()}
+    kind = str(event.get("type", ""))
+    summary = " ".join(str(fields[k]) for k in ("Code", "InstanceId", "RamRoleName", "RoleName", "PolicyName", "UserName")
+                       if fields.get(k))[:60]
+    item: dict[str, Any] = {"Kind": "message", "Src": str(event.get("src", "")), "Type": kind,
+                            "Dest": "events" if event.get("dest") == "*" else str(event.get("dest", "")),
+                            "TraceId": str(event.get("trace_id", "")), "At": event.get("time", 0.0), "Summary": summary,
+                            "Fields": fields, "Event": event.get("dest") == "*", "Error": kind == "Error"}
+    if kind == "Error" and (fields.get("AccessDeniedDetail.NoPermissionType") or "Denied" in str(fields.get("Code", ""))
+                            or "Forbidden" in str(fields.get("Code", ""))):
+        item["Denied"] = {"Code": fields.get("Code", ""), "Action": fields.get("AccessDeniedDetail.AuthAction", ""),
+                          "Kind": fields.get("AccessDeniedDetail.NoPermissionType", ""),
+                          "Reason": fields.get("AccessDeniedDetail.EncodedDiagnosticMessage", "") or fields.get("Message", "")}
+    return item
+
+
+def rotation_of(item: Mapping[str, Any]) -> tuple[str, str, str, str] | None:
+    """(instance id, AccessKeyId, Expiration, role) of an ``InstanceCredentialsRefreshed`` event, else None."""
+    if item.get("Type") != "InstanceCredentialsRefreshed":
+        return None
+    fields = item.get("Fields", {})
+    expiration = str(fields.get("Expiration", ""))
+    try:
+        expiration = iso(float(expiration))
+    except ValueError:
+        pass
+    return str(fields.get("InstanceId", "")), str(fields.get("AccessKeyId", "")), expiration, str(fields.get("RamRoleName", ""))
+
+
+@dataclass
+class Throttle:
+    """A token bucket: at most ``rate`` a second, ``burst`` at once; what it refuses is counted."""
+
+    rate: float = FEED_RATE
+    burst: float = FEED_BURST
+    tokens: float = FEED_BURST
+    last: float = 0.0
+    refused: int = 0
+
+    def allow(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.refused += 1
+        return False

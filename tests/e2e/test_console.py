@@ -3,7 +3,8 @@
 
 The page loads after sign-in, lists the instances, an attach clicked on the page shows the role
 at that instance's metadata path within a second (the metadata view itself is polled), a detach
-shows the 404, a pause injected from the page shows on its health panel until healed from it, and a screenshot is kept (``test-artifacts/console.png``, its path printed). A
+shows the 404, the live feed draws the attach and explains a denial
+seen on the bus (RAM's reason), a pause injected from the page shows on its health panel until healed from it, and a screenshot is kept (``test-artifacts/console.png``, its path printed). A
 console request without the operator credential is refused.
 """
 
@@ -132,6 +133,20 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
                 expect(page.locator("#history tbody tr")).to_have_count(1)
                 expect(page.locator(f'#roles tr[data-role="{ROLE}"]')).to_contain_text("AliyunOSSReadOnlyAccess")
                 expect(page.locator('#health .chip[data-service="ecs"]')).to_have_class("chip healthy", timeout=10_000)
+                # The live feed (the trace tap, over SSE) drew the attach as a sequence diagram.
+                expect(page.locator("#diagram text", has_text="AttachInstanceRamRole").first).to_be_attached(timeout=5_000)
+                expect(page.locator("#diagram text", has_text="RoleAttachedToInstance").first).to_be_attached(timeout=5_000)
+
+                # A call denied elsewhere (a RAM user with no permission) is explained on the page: RAM's reason.
+                api.call(cluster.gateway_url, "ram", "CreateUser", {"UserName": "nobody"}, root)
+                key = api.call(cluster.gateway_url, "ram", "CreateAccessKey", {"UserName": "nobody"}, root)["AccessKey"]
+                with pytest.raises(api.ApiError):
+                    api.call(cluster.gateway_url, "ecs", "AttachInstanceRamRole",
+                             {"RegionId": cluster.region_id, "RamRoleName": ROLE, "InstanceIds": json.dumps([instance_id])},
+                             api.Credential(key["AccessKeyId"], key["AccessKeySecret"]))
+                expect(page.locator("#notes li.denied").first).to_contain_text("ImplicitDeny", timeout=5_000)
+                expect(page.locator("#notes li.denied").first).to_contain_text("no statement allowed ecs:AttachInstanceRamRole")
+
                 secret = read_metadata(url, CREDENTIALS + ROLE)[1]
                 assert json.loads(secret)["AccessKeySecret"] not in page.content()  # no secret reaches the page
 

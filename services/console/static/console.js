@@ -196,14 +196,17 @@ function drawDiagram() {
   }
   messages.forEach((m, i) => {
     const y = top + i * step, a = x(m.Src), b = x(m.Dest || m.Src), color = m.Error ? "#d64545" : m.Event ? "#1f9d55" : "#2f6fde";
-    const title = svg("title", {}, `${m.Src} → ${m.Dest}: ${m.Type} ${m.Summary || ""} (trace ${m.TraceId})`);
+    const fields = Object.entries(m.Fields || {}).map(([k, v]) => `${k}=${v}`).join("\n");
+    const title = svg("title", {}, `${m.Src} → ${m.Dest}: ${m.Type} (trace ${m.TraceId})\n${fields}`);
     if (a === b) root.append(svg("circle", { cx: a, cy: y, r: 3, fill: color }));
     else root.append(svg("line", { x1: a, y1: y, x2: b + (b > a ? -2 : 2), y2: y, stroke: color, "stroke-width": 1.4, "marker-end": "url(#arrow)" }));
     const label = svg("text", { x: (a + b) / 2, y: y - 4, "text-anchor": "middle", "font-size": 11, fill: color }, m.Type + (m.Summary ? " " + m.Summary : ""));
     label.append(title); root.append(label);
   });
   if (!messages.length) root.append(svg("text", { x: width / 2, y: 40, "text-anchor": "middle", fill: "#6a7385", "font-size": 12 }, "waiting for messages…"));
-  $("diagram").replaceChildren(root);
+  const box = $("diagram"), atEnd = box.scrollTop + box.clientHeight >= box.scrollHeight - 30;
+  box.replaceChildren(root);
+  if (atEnd) box.scrollTop = box.scrollHeight;  // follow the newest, unless the reader scrolled back
 }
 function onItem(item) {
   if (item.Kind === "message") {
@@ -214,11 +217,18 @@ function onItem(item) {
       while ($("trace-filter").options.length > 60) $("trace-filter").options[1].remove();  // the oldest traces go
     }
     if (!state.paused) drawDiagram();
+    if (item.Denied) {  // RAM's explanation of a denial seen on the bus: which statement (or none) decided
+      const d = item.Denied;
+      addNote("denied", `${item.Src} → ${item.Dest}: ${d.Code}${d.Action ? " for " + d.Action : ""}${d.Kind ? " (" + d.Kind + ")" : ""}: ${d.Reason}`);
+    }
   } else {
-    const note = el("li", { class: item.Kind }, `${new Date(item.At * 1000).toLocaleTimeString()} ${item.Text}`);
-    $("notes").prepend(note);
-    while ($("notes").children.length > 50) $("notes").lastChild.remove();
+    addNote(item.Kind, item.Text, item.At);
   }
+}
+function addNote(kind, text, at) {
+  const when = new Date((at || Date.now() / 1000) * 1000).toLocaleTimeString();
+  $("notes").prepend(el("li", { class: kind }, `${when} ${text}`));
+  while ($("notes").children.length > 50) $("notes").lastChild.remove();
 }
 function startFeed() {
   if (state.feed) return;
