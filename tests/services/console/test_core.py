@@ -90,3 +90,32 @@ def test_a_denial_is_explained_by_the_statement_that_decided_it() -> None:
     decision = core.explain_decision({"Decision": {"Allowed": False, "Decision": "ExplicitDeny", "Reason": "denied by Custom:D v1 statement 1",
                                                    "Matches": [{"Policy": "Custom:D", "Version": "v1", "Statement": 1, "Effect": "Deny"}]}})
     assert not decision["Allowed"] and decision["Matches"][0]["Statement"] == 1
+
+
+def test_a_trace_event_is_drawn_masked_and_a_denial_carries_rams_reason() -> None:
+    event = {"time": T0, "src": "ecs", "dest": "gateway", "type": "Error", "msg_id": 7, "trace_id": "abc",
+             "fields": {"Code": "Forbidden.RAM", "AccessDeniedDetail.AuthAction": "ecs:AttachInstanceRamRole",
+                        "AccessDeniedDetail.NoPermissionType": "ImplicitDeny",
+                        "AccessDeniedDetail.EncodedDiagnosticMessage": "no statement allowed ecs:AttachInstanceRamRole"}}
+    item = core.feed_item(event)
+    assert (item["Src"], item["Dest"], item["Type"], item["Error"]) == ("ecs", "gateway", "Error", True)
+    assert item["Denied"] == {"Code": "Forbidden.RAM", "Action": "ecs:AttachInstanceRamRole", "Kind": "ImplicitDeny",
+                              "Reason": "no statement allowed ecs:AttachInstanceRamRole"}
+    pushed = core.feed_item({"time": T0, "src": "ecs", "dest": "*", "type": "InstanceCredentialsRefreshed", "msg_id": 8,
+                             "fields": {"InstanceId": "i-1", "RamRoleName": "R", "AccessKeyId": "STS.NUabcdefghijkl",
+                                        "Expiration": f"{T0 + 3600:.3f}"}})
+    assert pushed["Dest"] == "events" and pushed["Event"] and "Denied" not in pushed
+    assert pushed["Fields"]["AccessKeyId"] == "STS.NUab…"
+    assert core.rotation_of(pushed) == ("i-1", "STS.NUab…", iso(T0 + 3600), "R")
+    assert core.rotation_of(item) is None
+
+
+def test_the_consoles_own_reads_are_known_by_their_trace_id() -> None:
+    assert core.trace_of("5624C746-20BB-484A-A833-6B09CE8230FE") == "5624c74620bb484a"  # as the gateway derives it
+    assert core.is_read("DescribeInstances") and core.is_read("ListRoles") and not core.is_read("AttachInstanceRamRole")
+
+
+def test_the_feed_is_throttled() -> None:
+    throttle = core.Throttle(rate=10, burst=5, tokens=5, last=T0)
+    assert sum(throttle.allow(T0) for _ in range(20)) == 5 and throttle.refused == 15
+    assert sum(throttle.allow(T0 + 1) for _ in range(20)) == 5  # a second later: the bucket refilled to its burst
