@@ -636,7 +636,8 @@ def options(args: argparse.Namespace, progress: bool) -> Options:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("up", description="Start a private Mosquitto on a loopback port and every service (ram, sts, ecs, "
-                       "gateway, oss, one metadata agent per host) as its own process; wait until all answer; write the "
+                       "gateway, oss, one metadata agent per host, the web console unless --no-console) as its own process; wait until all "
+                       "answer; write the "
                        "cluster file; run until Ctrl-C or SIGTERM, then stop everything. A process that exits meanwhile is "
                        "restarted (backoff 0.2 s doubling to 10 s); more than 5 exits of one within 60 s is a crash loop "
                        "that stops the cluster (exit status 1). A --state-dir a previous `ramsim up` used is resumed: same "
