@@ -130,35 +130,20 @@ class Console:
         self.faults = ConsoleFaults(cluster_path) if cluster_path else None
         self.clock = service.clock_for(settings)
         self.endpoints: dict[str, dict[str, Any]] = {}
-        self.endpoints_at = 0.0
-        self._endpoints_task: asyncio.Task[None] | None = None
         self.health: list[dict[str, Any]] = []
 
     # -- what the console reads ---------------------------------------------------------------
-    async def endpoint_map(self, need: str = "", max_age: float = 10.0) -> dict[str, dict[str, Any]]:
-        """Where each instance's metadata view listens (DescribeInstanceMetadataEndpoints, which
-        answers every instance at once: slow at thousands). The cached map is answered at once and
-        refreshed in the background when older than ``max_age``; only an instance it lacks
-        (``need``) waits for the refresh."""
-        stale = time.monotonic() - self.endpoints_at > max_age
-        if (need and need not in self.endpoints) or (stale and not self.endpoints_at):
-            with contextlib.suppress(Refused, asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._refresh_endpoints()), 8.0)
-        elif stale:
-            self._refresh_endpoints()
-        return self.endpoints
-
-    def _refresh_endpoints(self) -> "asyncio.Task[None]":
-        """One refresh at a time (a second caller waits for the running one)."""
-        if self._endpoints_task is None or self._endpoints_task.done():
-            async def refresh() -> None:
-                body = await self.gateway.ok("ecs", "DescribeInstanceMetadataEndpoints")
-                self.endpoints = {e["InstanceId"]: e for e in body.get("Endpoints", [])}
-                self.endpoints_at = time.monotonic()
-
-            self._endpoints_task = asyncio.get_running_loop().create_task(refresh(), name="console:endpoints")
-            self._endpoints_task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed refresh: try again next time
-        return self._endpoints_task
+    async def endpoints_of(self, instance_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Where these instances' metadata views listen (DescribeInstanceMetadataEndpoints for
+        just these: all of thousands would not fit one bus message), remembered for the probes."""
+        if not instance_ids:
+            return {}
+        body = await self.gateway.ok("ecs", "DescribeInstanceMetadataEndpoints", InstanceIds=json.dumps(list(instance_ids)))
+        found = {e["InstanceId"]: e for e in body.get("Endpoints", [])}
+        self.endpoints.update(found)
+        while len(self.endpoints) > 1000:  # a bound: the probes need one per host
+            self.endpoints.pop(next(iter(self.endpoints)))
+        return found
 
     async def metadata(self, url: str, path: str) -> tuple[int, str]:
         """GET ``path`` from an instance's metadata view, as the instance sees it."""
@@ -177,7 +162,7 @@ class Console:
                                       InstanceIds=json.dumps([instance_id]))
         role = next((r["RamRoleName"] for r in roles.get("InstanceRamRoleSets", {}).get("InstanceRamRoleSet", [])
                      if r.get("InstanceId") == instance_id), "")
-        url = (await self.endpoint_map(need=instance_id)).get(instance_id, {}).get("Url", "")
+        url = (await self.endpoints_of([instance_id])).get(instance_id, {}).get("Url", "")
         shown: dict[str, Any] = {"InstanceId": instance_id, "RamRoleName": role, "MetadataUrl": url, "Credential": None}
         if url:
             status, listing = await self.metadata(url, CREDENTIALS)
@@ -203,7 +188,7 @@ class Console:
         ids = [i["InstanceId"] for i in described.get("Instances", {}).get("Instance", [])]
         roles = await self.gateway.ok("ecs", "DescribeInstanceRamRole", RegionId=self.settings.region_id,
                                       InstanceIds=json.dumps(ids), PageSize="100") if ids else {}
-        endpoints = await self.endpoint_map(max_age=30.0)
+        endpoints = await self.endpoints_of(ids)
         return core.instances_page(described, roles.get("InstanceRamRoleSets", {}).get("InstanceRamRoleSet", []), endpoints)
 
     async def roles(self) -> list[dict[str, Any]]:
@@ -256,7 +241,11 @@ class Console:
                 return answer.status < 500, f"GET / : HTTP {answer.status}"
         if name.startswith("metadata-"):
             host = name.removeprefix("metadata-")
-            url = next((e["Url"] for e in (await self.endpoint_map(max_age=30.0)).values() if e.get("HostId") == host), "")
+            url = next((e["Url"] for e in self.endpoints.values() if e.get("HostId") == host), "")
+            if not url:  # none of this host's seen yet: the first page's
+                first = await self.gateway.ok("ecs", "DescribeInstances", RegionId=self.settings.region_id, PageSize="100")
+                ids = [i["InstanceId"] for i in first.get("Instances", {}).get("Instance", [])]
+                url = next((e["Url"] for e in (await self.endpoints_of(ids)).values() if e.get("HostId") == host), "")
             if not url:
                 return True, "no instance on this host to ask"
             status, _ = await self.metadata(url, "/latest/meta-data/instance-id")
