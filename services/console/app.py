@@ -448,8 +448,9 @@ def make_app(console: Console) -> web.Application:
     async def feed(request: web.Request) -> web.StreamResponse:
         stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         await stream.prepare(request)
+        token = request.cookies.get(core.COOKIE)
         with console.hub.subscribe() as queue:
-            while True:
+            while console.sessions.valid(token, time.time()):  # a session signed out or expired ends its stream
                 try:
                     item = await asyncio.wait_for(queue.get(), 15.0)
                     await stream.write(f"data: {json.dumps(item)}\n\n".encode())
