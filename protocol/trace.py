@@ -65,6 +65,12 @@ class TraceEvent(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
         return self.dest == "*"
 
 
+def trace_id_of(request_id: str) -> str:
+    """The trace id the gateway gives the messages of the API call answered with ``request_id``
+    (so a client that has the RequestId of an answer can find what the call caused on the bus)."""
+    return request_id.replace("-", "")[:16].lower()
+
+
 def is_secret(name: str) -> bool:
     """Whether a field of this wire name may hold a secret (and so never leaves :func:`describe`)."""
     if name in SECRET_NAMES or "Secret" in name or "Password" in name or "password" in name.lower():
@@ -83,12 +89,10 @@ def describe(envelope: Envelope, topic: str = "") -> TraceEvent:
 
 
 def _key_fields(found: dict[str, str]) -> dict[str, str]:
-    if len(found) <= MAX_FIELDS:
-        return found
+    """The fields named in :data:`KEY_NAMES` first (in that order), then the rest as they come; at most :data:`MAX_FIELDS`."""
     rank = {name: i for i, name in enumerate(KEY_NAMES)}
     order = sorted(found, key=lambda k: rank.get(k.rsplit(".", 1)[-1], len(rank)))[:MAX_FIELDS]
-    keep = set(order)
-    return {k: v for k, v in found.items() if k in keep}
+    return {k: found[k] for k in order}
 
 
 def _collect(value: msgspec.Struct, prefix: str, out: dict[str, str], *, depth: int) -> None:

@@ -34,7 +34,31 @@ class ApiError(CliError):
     exit_status = 1
 
     def line(self, command: str) -> str:
-        return f"ERROR: {self.code}: {self.message}" + (f" (HTTP {self.status})" if self.status else "")
+        text = f"ERROR: {self.code}: {self.message}" + (f" (HTTP {self.status})" if self.status else "")
+        decided = decided_by(self.body.get("AccessDeniedDetail"))
+        return text + (f"\nDecided by: {decided}" if decided else "")
+
+    @property
+    def decided(self) -> str:
+        """Which policy statement decided this denial, from RAM's explanation ("" when not a denial)."""
+        return decided_by(self.body.get("AccessDeniedDetail"))
+
+
+def decided_by(detail: object) -> str:
+    """The "Decided by:" line of a denial's ``AccessDeniedDetail`` (Alibaba's shape; ramsim puts RAM's
+    explanation in its ``EncodedDiagnosticMessage``): the statement that decided, or none."""
+    if not isinstance(detail, Mapping):
+        return ""
+    reason = str(detail.get("EncodedDiagnosticMessage") or "")
+    kind = str(detail.get("NoPermissionType") or "")
+    who = " ".join(str(detail.get(k)) for k in ("AuthPrincipalType", "AuthPrincipalDisplayName") if detail.get(k))
+    action = str(detail.get("AuthAction") or "the action")
+    policy_type = str(detail.get("PolicyType") or "")
+    about = ", ".join(x for x in (f"{action} for {who}".strip(), policy_type) if x)
+    if kind == "ExplicitDeny":
+        statement = reason.removeprefix("explicitly denied by ") or "a Deny statement"
+        return f"{statement} (ExplicitDeny: a Deny wins over every Allow; {about})"
+    return f"none: no statement allows it (ImplicitDeny; {about})" + (f"; RAM: {reason}" if reason else "")
 
 
 class Unreachable(CliError, OSError):

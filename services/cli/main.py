@@ -21,9 +21,11 @@ from services.cli.errors import CliError
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("services.cli.up", "start (or resume) a cluster (private Mosquitto + every service, supervised); run until Ctrl-C"),
     "demo": ("services.cli.demo", "walk the seed's nine steps, narrated (starts its own cluster if none is running)"),
+    "tour": ("services.cli.tour", "the nine steps one at a time: each call's messages on the bus, the moments that teach (Enter; --auto)"),
     "instances": ("services.cli.instances", "list instances and the URL of each one's metadata view"),
     "metadata": ("services.cli.instances", "GET a metadata path as an instance sees it at http://100.100.100.200"),
     "app": ("services.cli.app", "run an application on an instance: OSS calls with its role's credentials, measured"),
+    "trace": ("services.cli.trace", "the messages of each trace (live bus or a recording) as text, a Mermaid or an SVG sequence diagram"),
     "check": ("services.cli.check", "check a recorded fault-run history (JSON lines) against the durability invariants"),
     "soak": ("services.faults.soak", "random faults (kill -9, broker restarts, pauses) for minutes, then the checker"),
     "experiment": ("services.experiment.cli", "run an experiment file (timeline of actions and faults, checks) live or --sim; a verdict and plots"),

@@ -20,6 +20,7 @@ from protocol import errors
 from protocol.base import Message
 from protocol.errors import Error
 from protocol.messages.common import AuthenticateOk
+from protocol.trace import trace_id_of
 from services.gateway import core
 from services.runtime import service
 from services.runtime.client import BusClient
@@ -100,7 +101,7 @@ def make_server(client: BusClient, settings: Settings, nonces: NonceLog | None =
         product = parsed.product if isinstance(parsed, core.Call) else "gateway"
         if isinstance(parsed, Error):
             return respond(parsed, request_id, product)
-        trace_id = request_id.replace("-", "")[:16].lower()
+        trace_id = trace_id_of(request_id)  # a client finds its call's messages by the RequestId it is answered
         who = await ask(client, core.verifier(parsed.credential.access_key_id), parsed.credential, settings, trace_id)
         if not isinstance(who, AuthenticateOk):
             log.info("request_unauthenticated", code=who.code if isinstance(who, Error) else type(who).__name__,

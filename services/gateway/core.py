@@ -230,7 +230,7 @@ def render(body: Message, request_id: str, product: str) -> tuple[int, dict[str,
         shaped: dict[str, object] = {"RequestId": request_id, "HostId": f"{product}.aliyuncs.com", "Code": body.code,
                                      "Message": body.message, "Recommend": f"https://api.aliyun.com/troubleshoot?q={body.code}"}
         if body.access_denied_detail is not None:
-            shaped["AccessDeniedDetail"] = msgspec.to_builtins(body.access_denied_detail)
+            shaped["AccessDeniedDetail"] = answered(body.access_denied_detail)  # every field, PolicyType's default too
         return body.http_status, shaped
     data = answered(body)
     assert isinstance(data, dict)

@@ -19,7 +19,7 @@ from protocol.envelope import Envelope
 from protocol.errors import Error, error
 from protocol.messages import common, ram, sts as m
 from protocol.times import iso
-from services.ram import policy
+from services.ram import explain, policy
 from services.runtime import signing
 from services.runtime.effects import Effect, Log, Publish, Reply, Request, dispatch
 from services.sts import tokens
@@ -30,6 +30,7 @@ ROLE_ARN = re.compile(r"^acs:ram::(\d+):role/([a-zA-Z0-9.\-]{1,64})\Z")  # \Z: "
 SESSION_NAME = re.compile(r"^[a-zA-Z0-9.@\-_]{2,64}\Z")
 MIN_DURATION = 900
 MAX_POLICY = 2048
+NO_PERMISSION = "You are not authorized to do this action. You should be authorized by RAM."
 
 
 @dataclass
@@ -127,8 +128,8 @@ class StsCore:
             return self._mint(context, now)
         if isinstance(body, ram.AuthorizeOk):
             decision = body.decisions[0]
-            if not decision.allowed:
-                return [Reply(request, errors.no_permission(decision.reason))]
+            if not decision.allowed:  # Alibaba's AccessDeniedDetail, with RAM's explanation of what decided
+                return [Reply(request, explain.denied("NoPermission", NO_PERMISSION, 403, assume.caller, "sts:AssumeRole", decision))]
             return self._mint(context, now)
         return [Reply(request, errors.internal_error()), Log("unexpected_reply", "error", {"type": type(body).__name__})]
 

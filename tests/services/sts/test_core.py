@@ -253,6 +253,9 @@ def test_a_ram_user_denied_by_ram_is_refused(core: StsCore) -> None:
     done = core.on_reply(authorize.context, ram.AuthorizeOk(decisions=[ram.Decision(allowed=False, reason="no statement allowed it")]), T0)
     error_body = assert_error(reply(done), "NoPermission", 403)
     assert "no statement allowed it" in error_body.message
+    detail = error_body.access_denied_detail  # Alibaba's shape, with RAM's explanation
+    assert detail is not None and (detail.auth_action, detail.no_permission_type) == ("sts:AssumeRole", "ImplicitDeny")
+    assert detail.auth_principal_type == "SubUser" and detail.encoded_diagnostic_message == "no statement allowed it"
     assert published(done, m.RoleAssumed) == []
 
 
