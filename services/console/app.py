@@ -282,6 +282,9 @@ class Console:
                             pending.append((time.monotonic(), core.feed_item(msgspec.to_builtins(event))))
                         while pending and time.monotonic() - pending[0][0] >= hold:
                             item = pending.popleft()[1]
+                            if "Denied" in item:  # the same "Decided by:" the CLI and the tour print
+                                detail = {k.split(".", 1)[1]: v for k, v in item["Fields"].items() if k.startswith("AccessDeniedDetail.")}
+                                item["Denied"]["DecidedBy"] = api.decided_by(detail) if detail else ""
                             self._rotation(item)
                             if item["TraceId"] in self.gateway.quiet or item["Src"] == NAME or item["Dest"] == NAME:
                                 continue
@@ -324,7 +327,10 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 def _refused(exc: Refused) -> web.Response:
-    return web.json_response(core.explain_error(exc.status, exc.body), status=exc.status if exc.status >= 400 else 502)
+    shown = core.explain_error(exc.status, exc.body)
+    if "Denied" in shown:  # the same "Decided by:" the CLI and the tour print
+        shown["Denied"]["DecidedBy"] = api.decided_by(exc.body.get("AccessDeniedDetail"))
+    return web.json_response(shown, status=exc.status if exc.status >= 400 else 502)
 
 
 def make_app(console: Console) -> web.Application:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from protocol.times import iso, parse_iso
+from protocol.trace import trace_id_of
 
 KEY_PREFIX = 8          # characters of an AccessKeyId the console shows ("STS.NUxy…")
 HISTORY = 20            # rotations remembered per instance
@@ -207,7 +208,7 @@ def is_read(action: str) -> bool:
 
 def trace_of(request_id: str) -> str:
     """The trace id the gateway gives the messages of the call it answered with ``request_id``."""
-    return request_id.replace("-", "")[:16].lower()
+    return trace_id_of(request_id)
 
 
 def feed_item(event: Mapping[str, Any]) -> dict[str, Any]:

@@ -144,7 +144,8 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
                     api.call(cluster.gateway_url, "ecs", "AttachInstanceRamRole",
                              {"RegionId": cluster.region_id, "RamRoleName": ROLE, "InstanceIds": json.dumps([instance_id])},
                              api.Credential(key["AccessKeyId"], key["AccessKeySecret"]))
-                expect(page.locator("#notes li.denied").first).to_contain_text("ImplicitDeny", timeout=5_000)
+                expect(page.locator("#notes li.denied").first).to_contain_text("Decided by: none", timeout=5_000)
+                expect(page.locator("#notes li.denied").first).to_contain_text("ImplicitDeny")
                 expect(page.locator("#notes li.denied").first).to_contain_text("no statement allowed ecs:AttachInstanceRamRole")
 
                 secret = read_metadata(url, CREDENTIALS + ROLE)[1]

@@ -33,7 +33,7 @@ function toast(text, bad = false) {
 function explainError(err) {  // RAM's explanation of a denial, when there is one (AccessDeniedDetail)
   const d = (err && err.data) || {};
   let text = `${d.Code || "Error"}: ${d.Message || err.message}`;
-  if (d.Denied) text += `\n${d.Denied.Kind} of ${d.Denied.Action} for ${d.Denied.PrincipalType} ${d.Denied.Principal}: ${d.Denied.Reason}`;
+  if (d.Denied) text += `\nDecided by: ${d.Denied.DecidedBy || d.Denied.Reason}`;
   return text;
 }
 
@@ -219,7 +219,7 @@ function onItem(item) {
     if (!state.paused) drawDiagram();
     if (item.Denied) {  // RAM's explanation of a denial seen on the bus: which statement (or none) decided
       const d = item.Denied;
-      addNote("denied", `${item.Src} → ${item.Dest}: ${d.Code}${d.Action ? " for " + d.Action : ""}${d.Kind ? " (" + d.Kind + ")" : ""}: ${d.Reason}`);
+      addNote("denied", `${item.Src} → ${item.Dest}: ${d.Code}. Decided by: ${d.DecidedBy || d.Reason}`);
     }
   } else {
     addNote(item.Kind, item.Text, item.At);
