@@ -184,16 +184,18 @@ function lifelines(messages) {
 function drawDiagram() {
   const filter = $("trace-filter").value;
   const messages = state.messages.filter((m) => !filter || m.TraceId === filter).slice(-40);
-  const names = lifelines(messages), width = Math.max(560, names.length * 110), top = 34, step = 24;
+  const names = lifelines(messages), width = Math.max(560, names.length * 110), top = 18, step = 24;
   const height = top + messages.length * step + 16, x = (n) => 55 + names.indexOf(n) * ((width - 110) / Math.max(1, names.length - 1));
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "sequence diagram of the live messages" });
   const defs = svg("defs", {}), marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
     markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
   marker.append(svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#56607a" })); defs.append(marker); root.append(defs);
+  const head = svg("svg", { viewBox: `0 0 ${width} 22`, "aria-hidden": "true" });  // the lifelines' names stay in view
   for (const n of names) {
-    root.append(svg("line", { x1: x(n), y1: 22, x2: x(n), y2: height, stroke: "#d5d9e2", "stroke-dasharray": "3 3" }));
-    root.append(svg("text", { x: x(n), y: 15, "text-anchor": "middle", "font-size": 12, "font-weight": 600, fill: "#232b3a" }, n));
+    root.append(svg("line", { x1: x(n), y1: 0, x2: x(n), y2: height, stroke: "#d5d9e2", "stroke-dasharray": "3 3" }));
+    head.append(svg("text", { x: x(n), y: 15, "text-anchor": "middle", "font-size": 12, "font-weight": 600, fill: "#232b3a" }, n));
   }
+  $("diagram-head").replaceChildren(head);
   messages.forEach((m, i) => {
     const y = top + i * step, a = x(m.Src), b = x(m.Dest || m.Src), color = m.Error ? "#d64545" : m.Event ? "#1f9d55" : "#2f6fde";
     const fields = Object.entries(m.Fields || {}).map(([k, v]) => `${k}=${v}`).join("\n");
