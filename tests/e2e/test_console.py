@@ -148,8 +148,9 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
                 expect(page.locator("#notes li.denied").first).to_contain_text("ImplicitDeny")
                 expect(page.locator("#notes li.denied").first).to_contain_text("no statement allowed ecs:AttachInstanceRamRole")
 
-                secret = read_metadata(url, CREDENTIALS + ROLE)[1]
-                assert json.loads(secret)["AccessKeySecret"] not in page.content()  # no secret reaches the page
+                served = json.loads(read_metadata(url, CREDENTIALS + ROLE)[1])
+                for secret in (served["AccessKeySecret"], served["SecurityToken"], cluster.access_key_secret):
+                    assert secret not in page.content()  # no secret reaches the page
 
                 ARTIFACTS.mkdir(exist_ok=True)
                 shot = ARTIFACTS / "console.png"
@@ -178,5 +179,9 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
                 assert page.evaluate("fetch('/api/instances').then(r => r.status)") == 401
             finally:
                 browser.close()
+        log = (tmp_path / "state" / "logs" / "console.log").read_text()
+        assert "console_login" in log and "console_login_refused" in log
+        for secret in (served["AccessKeySecret"], served["SecurityToken"], cluster.access_key_secret, key["AccessKeySecret"]):
+            assert secret not in log  # nor its log
     assert time.monotonic() - started < 90, "the console's browser test should stay well under a minute"
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
