@@ -336,6 +336,8 @@ def _refused(exc: Refused) -> web.Response:
 def make_app(console: Console) -> web.Application:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.host.rsplit(":", 1)[0] not in core.LOCAL_HOSTS:  # a page on another name (DNS rebinding) gets nothing
+            return _error(421, "MisdirectedRequest", "the console answers only as 127.0.0.1 or localhost")
         if request.path.startswith("/api/") and request.path != "/api/login":
             if not console.sessions.valid(request.cookies.get(core.COOKIE), time.time()):
                 return _error(401, "NotSignedIn", "sign in with the cluster's operator AccessKey first")

@@ -24,6 +24,7 @@ TRACKED = 2000          # instances whose history is kept (least recently update
 SESSION_SECONDS = 8 * 3600
 MAX_PAGE_SIZE = 100     # DescribeInstances' own limit
 COOKIE = "ramsim_console"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # the Host a browser sends to the console's loopback listener
 
 
 # -- sign-in ------------------------------------------------------------------------------------

@@ -88,6 +88,8 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
         attach = urllib.request.Request(f"{console}/api/instances/i-x/role", data=b'{"RoleName": "x"}', method="POST",
                                         headers={"Content-Type": "application/json"})
         assert _status(attach) == 401
+        rebound = urllib.request.Request(f"{console}/", headers={"Host": "attacker.example:80"})
+        assert _status(rebound) == 421  # DNS rebinding: a page served under another name gets nothing
         wrong = json.dumps({"AccessKeyId": cluster.access_key_id, "AccessKeySecret": "not-the-secret"}).encode()
         assert _status(urllib.request.Request(f"{console}/api/login", data=wrong, method="POST",
                                               headers={"Content-Type": "application/json"})) == 403
