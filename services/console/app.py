@@ -131,6 +131,7 @@ class Console:
         self.clock = service.clock_for(settings)
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.health: list[dict[str, Any]] = []
+        self.keepalive = 15.0  # seconds between an SSE stream's keep-alives (each one checks its session)
 
     # -- what the console reads ---------------------------------------------------------------
     async def endpoints_of(self, instance_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -460,7 +461,7 @@ def make_app(console: Console) -> web.Application:
         with console.hub.subscribe() as queue:
             while console.sessions.valid(token, time.time()):  # a session signed out or expired ends its stream
                 try:
-                    item = await asyncio.wait_for(queue.get(), 15.0)
+                    item = await asyncio.wait_for(queue.get(), console.keepalive)
                     await stream.write(f"data: {json.dumps(item)}\n\n".encode())
                 except asyncio.TimeoutError:
                     await stream.write(b": keep-alive\n\n")
