@@ -27,6 +27,14 @@ COOKIE = "ramsim_console"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # the Host a browser sends to the console's loopback listener
 
 
+class Refused(Exception):
+    """An API call answered with an error; shown on the page with RAM's explanation."""
+
+    def __init__(self, status: int, body: Mapping[str, Any]) -> None:
+        super().__init__(body.get("Code", ""))
+        self.status, self.body = status, body
+
+
 # -- sign-in ------------------------------------------------------------------------------------
 
 def credential_matches(given_id: str, given_secret: str, expected_id: str, expected_secret: str) -> bool:
