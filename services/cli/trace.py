@@ -163,8 +163,12 @@ async def _listen(args: argparse.Namespace) -> list[TraceEvent]:
     out = sys.stdout
     try:
         async with Tap.for_cluster(args.cluster_file) as tap:
+            # said once the tap's subscription is acknowledged: from here on, nothing is missed
             if args.follow:
-                print(f"following the bus of {args.cluster_file or 'the cluster'} (Ctrl-C to stop)", file=sys.stderr)
+                print(f"following the bus of {args.cluster_file or 'the cluster'} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            else:
+                print(f"listening to the bus for {duration:g} s" + (f" or {args.count} messages" if args.count else ""),
+                      file=sys.stderr, flush=True)
             deadline = None if duration is None else time.monotonic() + duration
             while args.count is None or len(events) < args.count:
                 left = None if deadline is None else deadline - time.monotonic()

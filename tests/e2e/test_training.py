@@ -1,7 +1,7 @@
 """The training commands as a newcomer runs them, against a real cluster (real Mosquitto, real
 service processes, the commands as their own processes):
 
-* ``ramsim trace --follow --record`` follows an AttachInstanceRamRole live; ``ramsim trace FILE``
+* ``ramsim trace --follow --record`` follows an AttachInstanceRamRole live (``--duration`` listens, then prints); ``ramsim trace FILE``
   prints it as the expected sequence of message types, and draws it as Mermaid and as SVG;
 * ``ramsim tour --auto`` walks every step, shows every teaching moment, and no secret.
 """
@@ -97,6 +97,19 @@ async def test_trace_follows_an_attach_and_draws_it(make_cluster, tmp_path: Path
     everything = recording.read_text() + out + done.stdout + mermaid.read_text()
     for secret in (doc["AccessKeySecret"], doc["SecurityToken"], cluster.file.access_key_secret):
         assert secret not in everything
+    # live without --follow: listen, then print each trace
+    listen = subprocess.Popen([sys.executable, "-m", "services.cli", "trace", "--duration", "3", "--type", "ListRoles",
+                               "--cluster-file", str(cluster.path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert listen.stderr is not None
+    line = await blocking(listen.stderr.readline)
+    assert line.startswith("listening to the bus for 3 s"), line + listen.stderr.read()
+    listed = await blocking(cluster.call, "ram", "ListRoles")
+    out, err = await blocking(listen.communicate, timeout=30)
+    assert listen.returncode == 0, err
+    listed_trace = listed["RequestId"].replace("-", "")[:16].lower()
+    assert out.splitlines()[0] == f"trace {listed_trace} (4 messages)", out
+    assert [line.split()[4] for line in out.splitlines()[1:]] == ["Authenticate", "AuthenticateOk", "ListRoles", "ListRolesOk"]
+
     missing = ramsim("trace", str(recording), "--trace-id", "nope")
     assert missing.returncode == 2 and "no trace matches" in missing.stderr
 
