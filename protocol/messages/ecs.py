@@ -335,7 +335,11 @@ class ModifyInstanceMetadataOptionsOk(Message):
 
 
 class DescribeInstanceMetadataEndpoints(ApiCommand):
-    """ramsim extension (not an Alibaba API): where each instance's metadata view listens."""
+    """ramsim extension (not an Alibaba API): where each instance's metadata view listens.
+    ``instance_ids`` (a JSON list, as DescribeInstances takes it) asks for those only: every
+    endpoint of thousands of instances is more than one bus message may carry (256 KiB)."""
+
+    instance_ids: str = ""
 
 
 class DescribeInstanceMetadataEndpointsOk(Message):

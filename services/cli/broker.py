@@ -19,6 +19,7 @@ everyone (pattern)     ``node/+/from/<me>`` (direct messages),   ``node/<me>/fro
 ``oss``                                                          ``event/ram/+``
 ``metadata-host-<n>``                                            ``host/host-<n>/instance/+``
 ``gateway``
+``console``
 ``operator``           ``event/app/+`` (``ramsim app``'s calls),  ``control/+/applied``
                        ``control/+`` (experiments' faults)
 ``observer``                                                     ``event/+/+``, ``deadletter/+``
@@ -97,6 +98,7 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
     "ecs": (Rule("write", topics.events("ecs")), Rule("write", topics.host_instances()),
             Rule("read", topics.events("ram"))),
     "gateway": (),
+    "console": (),  # the web console answers Pings and obeys faults; it reads and writes through the gateway
     "oss": (Rule("read", topics.events("ram")),),
     OPERATOR: (Rule("write", topics.events("app")),  # `ramsim app` joins as the operator and reports each call
                Rule("write", topics.control()), Rule("read", topics.control_applied())),  # experiments set faults

@@ -31,6 +31,7 @@ class ClusterFile(msgspec.Struct, rename="pascal", kw_only=True):
     pid: int
     services: dict[str, int] = {}
     oss_url: str = ""  # the OSS endpoint (path-style: http://127.0.0.1:<port>)
+    console_url: str = ""  # the web console (services/console), when `ramsim up` started one
 
 
 class NoCluster(CliError):

@@ -45,13 +45,15 @@ def main(args: Any) -> int:
 def instances(target: cluster.ClusterFile) -> list[dict[str, str]]:
     """Every instance (all pages of DescribeInstances) with its metadata endpoint."""
     root = api.Credential(target.access_key_id, target.access_key_secret)
-    endpoints = api.call(target.gateway_url, "ecs", "DescribeInstanceMetadataEndpoints", {}, root).get("Endpoints", [])
-    urls = {e["InstanceId"]: e for e in endpoints}
     found: list[dict[str, str]] = []
     for number in range(1, 1 << 20):
         page = api.call(target.gateway_url, "ecs", "DescribeInstances",
                         {"RegionId": target.region_id, "PageSize": "100", "PageNumber": str(number)}, root)
         listed = page.get("Instances", {}).get("Instance", [])
+        # the page's endpoints only: every endpoint of thousands of instances is more than one bus message carries
+        ids = json.dumps([i["InstanceId"] for i in listed])
+        endpoints = api.call(target.gateway_url, "ecs", "DescribeInstanceMetadataEndpoints", {"InstanceIds": ids}, root) if listed else {}
+        urls = {e["InstanceId"]: e for e in endpoints.get("Endpoints", [])}
         found += [{"InstanceId": i["InstanceId"], "Status": i["Status"], "HostId": urls.get(i["InstanceId"], {}).get("HostId", ""),
                    "MetadataUrl": urls.get(i["InstanceId"], {}).get("Url", "")} for i in listed]
         if not listed or len(found) >= page.get("TotalCount", 0):

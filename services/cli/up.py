@@ -89,6 +89,8 @@ class Options:
     broker_vhost: str | None = None  # its RabbitMQ vhost (None: ramsim-<account>; "": plain usernames = identities)
     broker_setup: str = "none"  # "rabbitmqctl": provision the identities there (services/cli/rabbitmq.py)
     sts_workers: int = 1  # STS processes sharing its inbox with a shared subscription (children sts-1 … sts-N)
+    console: bool = False  # also start the web console (services/console); `ramsim up` does unless --no-console
+    console_port: int = 0  # its loopback port (refused when taken; 0: any free one)
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -507,6 +509,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                     ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
             plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
                      for host in hosts]
+            console_url = _console_plan(plan, options, kept, gateway_port, path, identities.at(tools, broker.TRACE))
             proxies = await _start_proxies(options.proxies, [n for n, _ in plan], services.port)
             for name, extra in plan:
                 module = name.split("-")[0]
@@ -525,7 +528,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                 await bus.close()
             file = cluster.ClusterFile(
                 broker_url=operator_url, gateway_url=f"http://127.0.0.1:{gateway_port}", account_id=kept.account_id,
-                oss_url=f"http://127.0.0.1:{oss_port}",
+                oss_url=f"http://127.0.0.1:{oss_port}", console_url=console_url,
                 region_id=settings.region_id, access_key_id=kept.root_access_key_id, access_key_secret=kept.root_access_key_secret,
                 state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin, pid=os.getpid(),
                 services={p.name: p.proc.pid for p in processes})
@@ -592,6 +595,24 @@ def _external_broker(options: Options, account_id: str, identities: broker.Ident
     return endpoint
 
 
+def _console_plan(plan: list[tuple[str, dict[str, str]]], options: Options, kept: keys.Keys, gateway_port: int, path: Path,
+                  trace_url: str) -> str:
+    """Add the web console to ``plan`` when asked for (signed in with the root AccessKey, calling
+    the gateway as it; the cluster file tells it the children's pids; its live feed follows the
+    bus as the read-only ``trace`` identity); its URL, or ""."""
+    if not options.console:
+        return ""
+    port = options.console_port or free_port()
+    if options.console_port and not port_free(port):
+        raise UpError(f"--console-port {port}: 127.0.0.1:{port} is taken by another program; free it, choose another "
+                      "port, or leave --console-port out for a free one")
+    plan.append(("console", {"RAMSIM_HTTP_PORT": str(port), "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
+                             "RAMSIM_ROOT_ACCESS_KEY_ID": kept.root_access_key_id,
+                             "RAMSIM_ROOT_ACCESS_KEY_SECRET": kept.root_access_key_secret, "RAMSIM_CLUSTER": str(path),
+                             "RAMSIM_TRACE_BROKER_URL": trace_url}))
+    return f"http://127.0.0.1:{port}"
+
+
 async def _start_proxies(names: tuple[str, ...], children: list[str], broker_port: int) -> dict[str, Any]:
     """A TCP proxy to the broker for each child named (its link, which an experiment can degrade)."""
     unknown = sorted(set(names) - set(children))
@@ -650,7 +671,9 @@ async def up(options: Options) -> int:
             f = running.file
             print(f"ramsim cluster up{' (resumed)' if running.resumed else ''}: account {f.account_id}, region {f.region_id}\n"
                   f"  broker   {broker.without_password(f.broker_url)} (password in the cluster file)\n"
-                  f"  gateway  {f.gateway_url}\n  oss      {f.oss_url}\n  cluster  {running.path}\n"
+                  f"  gateway  {f.gateway_url}\n  oss      {f.oss_url}\n"
+                  + (f"  console  {f.console_url} (sign in with the root AccessKey pair in the cluster file)\n" if f.console_url else "")
+                  + f"  cluster  {running.path}\n"
                   f"  state    {f.state_dir} (kept: the next `ramsim up --state-dir` there resumes this cluster)\n"
                   f"  logs     {Path(f.state_dir) / 'logs'}\n"
                   f"Try: ramsim instances   |   ramsim demo   |   ramsim ecs DescribeInstances --RegionId {f.region_id}\n"
@@ -695,12 +718,14 @@ def options(args: argparse.Namespace, progress: bool) -> Options:
                    broker=getattr(args, "broker", "") or "", broker_vhost=getattr(args, "broker_vhost", None),
                    broker_setup=getattr(args, "broker_setup", "none") or "none",
                    sts_workers=getattr(args, "sts_workers", 1) or 1,
+                   console=hasattr(args, "no_console") and not args.no_console, console_port=getattr(args, "console_port", 0) or 0,
                    progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("up", description="Start a private Mosquitto on a loopback port and every service (ram, sts, ecs, "
-                       "gateway, oss, one metadata agent per host) as its own process; wait until all answer; write the "
+                       "gateway, oss, one metadata agent per host, the web console unless --no-console) as its own process; wait until all "
+                       "answer; write the "
                        "cluster file; run until Ctrl-C or SIGTERM, then stop everything. A process that exits meanwhile is "
                        "restarted (backoff 0.2 s doubling to 10 s); more than 5 exits of one within 60 s is a crash loop "
                        "that stops the cluster (exit status 1). A --state-dir a previous `ramsim up` used is resumed: same "
@@ -734,6 +759,10 @@ def add_parser(sub: Any) -> None:
                    help="run STS as N worker processes (sts-1 … sts-N, one broker identity each) sharing its inbox with a "
                         "shared subscription, so each request reaches one of them and a killed worker's load goes to the "
                         "others (default 1)")
+    p.add_argument("--console-port", type=int, default=0, metavar="PORT",
+                   help="the web console's loopback port (default any free one; its URL is printed and in the cluster file)")
+    p.add_argument("--no-console", action="store_true",
+                   help="do not start the web console (docs/console.md), which `ramsim up` starts by default")
     p.add_argument("--proxy", default="", metavar="NAMES",
                    help="children (e.g. ecs,metadata-host-1) that reach the broker through a TCP proxy in this process, "
                         "whose link an experiment can slow, break or partition (default none)")
@@ -746,7 +775,7 @@ def add_parser(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.instances < 0 or args.hosts < 1 or args.sts_workers < 1:
         raise UpError("--instances must be >= 0, --hosts and --sts-workers >= 1")
-    if not all(0 <= getattr(args, f"{what}_port") <= 65535 for what in PORTS):
+    if not all(0 <= getattr(args, f"{what}_port") <= 65535 for what in (*PORTS, "console")):
         raise UpError("a --*-port is 1-65535 (or 0: any free port)")
     chosen = options(args, progress=True)
     logs.configure(level="warning")  # this process's own bus client: only problems

@@ -631,8 +631,13 @@ class EcsCore:
         return self._authorize(msg, now, [ram.Check(action="ecs:DescribeInstanceRamRole", resource=self._arn("*"))], reply)
 
     def _describe_endpoints(self, msg: Envelope, now: float) -> list[Effect] | Error:
-        endpoints = [m.MetadataEndpoint(instance_id=i, host_id=r.host_id, url=r.endpoint_url)
-                     for i, r in self.instances.items() if r.endpoint_url]
+        body = msg.body
+        assert isinstance(body, m.DescribeInstanceMetadataEndpoints)
+        selected = self._selected(body.instance_ids) if body.instance_ids else list(self.instances.values())
+        if isinstance(selected, Error):
+            return selected
+        endpoints = [m.MetadataEndpoint(instance_id=r.instance.instance_id, host_id=r.host_id, url=r.endpoint_url)
+                     for r in selected if r.endpoint_url]
 
         def reply(now: float) -> list[Effect]:
             return [Reply(msg, m.DescribeInstanceMetadataEndpointsOk(endpoints=endpoints))]

@@ -176,7 +176,7 @@ def test_ramsim_up_rides_out_a_crash_but_stops_on_a_crash_loop_leaving_no_orphan
     assert "ecs (pid" in err and "was killed by SIGKILL; restarting it in 0.2 s (attempt 1)" in err
     assert "restarting it in 3.2 s (attempt 5)" in err
     assert "ecs was killed by SIGKILL: 6 exits within 60 s is a crash loop, so the cluster stops" in err
-    assert len(seen) == 7 + 5  # mosquitto, five services and an agent, and five restarted ecs
+    assert len(seen) == 8 + 5  # mosquitto, five services, the console and an agent, and five restarted ecs
     wait_until(lambda: not any(alive(pid) for pid in seen), timeout=10, what="every child ever started to be gone")
     assert not path.exists()
 

@@ -62,7 +62,7 @@ def acl() -> dict[str, list[tuple[str, str]]]:
 
 def test_every_identity_sends_direct_messages_only_as_itself_and_reads_only_its_inbox(acl) -> None:  # noqa: ANN001
     users = [u for u in acl if u != "%pattern"]
-    assert set(users) == {"ram", "sts", "ecs", "gateway", "oss", "operator", "observer", "trace", "metadata-host-1", "metadata-host-2"}
+    assert set(users) == {"ram", "sts", "ecs", "gateway", "console", "oss", "operator", "observer", "trace", "metadata-host-1", "metadata-host-2"}
     users.remove(broker.TRACE)  # reads everything, writes nothing: test_the_trace_identity_...
     for user in users:
         for other in users:

@@ -757,6 +757,15 @@ def test_describe_metadata_endpoints_lists_urls_after_endpoint_ready(h: Harness)
     assert endpoints() == []
     h.ready(second, url="http://127.0.0.1:40001")
     assert endpoints() == [(second, "h1", "http://127.0.0.1:40001")]
+    h.ready(first, url="http://127.0.0.1:40002")
+
+    def some(ids: str) -> object:
+        return reply(h.call(m.DescribeInstanceMetadataEndpoints(caller=root(), instance_ids=ids)))
+
+    only = some(json.dumps([first, "i-unknown"]))  # those asked for only (the console asks for a page's)
+    assert isinstance(only, m.DescribeInstanceMetadataEndpointsOk)
+    assert [(e.instance_id, e.url) for e in only.endpoints] == [(first, "http://127.0.0.1:40002")]
+    assert isinstance(some("not json"), Error)
 
 
 def test_modify_metadata_options_pushes_the_new_view(h: Harness) -> None:
