@@ -80,9 +80,19 @@ def _either(expressions: list[str]) -> str:
     return "|".join(expressions) if expressions else "^$"
 
 
+def granted(identity: str, rules: Iterable[broker.Rule]) -> list[broker.Rule]:
+    """What ``identity`` may do: every pattern with ``%u`` filled in, but those its ``deny`` rules
+    take back (the trace identity's own outbox, dead letters and acks), then its own grants.
+    RabbitMQ's topic permissions are one allow-expression, so a deny is a grant left out."""
+    rules = list(rules)
+    denied = {r.topic for r in rules if r.access == "deny"}
+    patterns = [broker.Rule(r.access, r.topic.replace("%u", identity)) for r in broker.PATTERNS]
+    return [r for r in patterns if r.topic not in denied] + [r for r in rules if r.access != "deny"]
+
+
 def topic_permissions(identity: str, rules: Iterable[broker.Rule]) -> dict[str, str]:
-    granted = [broker.Rule(r.access, r.topic.replace("%u", identity)) for r in broker.PATTERNS] + list(rules)
-    return {access: _either([topic_regex(r.topic, access) for r in granted if r.access == access]) for access in ("write", "read")}
+    granted_ = granted(identity, rules)
+    return {access: _either([topic_regex(r.topic, access) for r in granted_ if r.access == access]) for access in ("write", "read")}
 
 
 def password_hash(password: str, salt: bytes) -> str:
@@ -187,8 +197,10 @@ def emqx_acl_text(rules: Mapping[str, tuple[broker.Rule, ...]]) -> str:
     verb = {"write": "publish", "read": "subscribe"}
     lines = ["%% ramsim broker ACL for EMQX 5, generated from services/cli/broker.py (services.cli.rabbitmq.emqx_acl_text).",
              "%% Every identity: write direct messages only as itself, read only its own inbox, write only its own dead letters."]
+    # EMQX takes the first rule that matches: an identity's denials go before the patterns that grant to all
+    lines += [f'{{deny, {{username, "{user}"}}, all, ["{r.topic}"]}}.' for user, own in rules.items() for r in own if r.access == "deny"]
     lines += [f'{{allow, all, {verb[r.access]}, ["{r.topic.replace("%u", "${username}")}"]}}.' for r in broker.PATTERNS]
-    for user, granted in rules.items():
-        lines += [f'{{allow, {{username, "{user}"}}, {verb[r.access]}, ["{r.topic}"]}}.' for r in granted]
+    for user, own in rules.items():
+        lines += [f'{{allow, {{username, "{user}"}}, {verb[r.access]}, ["{r.topic}"]}}.' for r in own if r.access != "deny"]
     lines.append("{deny, all}.")
     return "\n".join(lines) + "\n"
