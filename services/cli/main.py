@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metadata": ("services.cli.instances", "GET a metadata path as an instance sees it at http://100.100.100.200"),
     "app": ("services.cli.app", "run an application on an instance: OSS calls with its role's credentials, measured"),
     "check": ("services.cli.check", "check a recorded fault-run history (JSON lines) against the durability invariants"),
+    "bench": ("services.cli.bench", "run the benchmarks (or those named); one table, dated rows appended to BENCHMARKS.md"),
     "soak": ("services.faults.soak", "random faults (kill -9, broker restarts, pauses) for minutes, then the checker"),
     "experiment": ("services.experiment.cli", "run an experiment file (timeline of actions and faults, checks) live or --sim; a verdict and plots"),
     **{product: ("services.cli.product", f"call {product.upper()} API version {version}, like Alibaba's aliyun CLI")
