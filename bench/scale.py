@@ -8,7 +8,8 @@ The ``refresh``, ``memory`` and ``startup`` benchmarks of ``ramsim bench``:
            expire) at ``--time-scale 60``: for S seconds (default 300 = 5 simulated hours) count
            the sessions STS mints (its ``RoleAssumed`` events, read as the observer) and GET every
            instance's credentials in turn, counting each one served already expired (by the
-           cluster's simulated clock: must be 0) and each 503; the baseline is the schedule's own
+           cluster's simulated clock: must be 0) and each 503 (each instance read about once a
+           simulated minute, the poller's sweeps paced to one a second); the baseline is the schedule's own
            rate (instances / 30 simulated minutes). Needs the shared metadata mode (h13s); until
            then, and with --quick, it runs at 1,000 (quick: 100) instances on loopback ports.
   memory   RSS (VmRSS) of every process of a cluster with no instance, then with N instances
@@ -40,6 +41,7 @@ from recording import Row, verdict  # noqa: E402
 from suite import SCALE_NEEDED, Context, scale_available  # noqa: E402
 
 LIFETIME, REFRESH_BEFORE, TIME_SCALE = 3600, 1800, 60.0
+SWEEP_EVERY = 1.0  # real seconds between two reads of one instance's credentials (at most)
 
 
 # -- refresh -----------------------------------------------------------------------------------
@@ -93,15 +95,21 @@ async def watch(running, urls: dict[str, str], seconds: float, say) -> dict[str,
                         counts["rotations"] += 1
                     keys[instance_id] = key
 
-            sweep = 0
+            sweep, told = 0, start
             while time.perf_counter() < deadline:
                 sweep += 1
+                began = time.perf_counter()
                 for i in range(0, len(order), 256):
                     if time.perf_counter() >= deadline:
                         break
                     await asyncio.gather(*(probe(k, u) for k, u in order[i:i + 256]))
-                say(f"refresh: sweep {sweep}, {counts['minted']} minted, {counts['expired']} expired, "
-                    f"{time.perf_counter() - start:.0f}/{seconds:g} s")
+                if time.perf_counter() - told >= 10:
+                    told = time.perf_counter()
+                    say(f"refresh: sweep {sweep}, {counts['minted']:,} minted, {counts['expired']} expired, "
+                        f"{told - start:.0f}/{seconds:g} s")
+                # pace: each instance read about once a simulated minute, not as fast as the loop can
+                # (that would measure the poller, and starve the services of the 2 cores)
+                await asyncio.sleep(max(0.0, min(SWEEP_EVERY, deadline - time.perf_counter()) - (time.perf_counter() - began)))
     finally:
         await observer.close()
     counts["elapsed"] = time.perf_counter() - start
