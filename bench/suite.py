@@ -25,9 +25,10 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for _path in (str(ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this checkout's services/, before any installed copy
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))  # bench/'s plain module names (machine, recording, ...) never shadow anything
 
 from recording import Row, append, markdown_table  # noqa: E402
 

@@ -36,7 +36,7 @@ def load(module: str) -> ModuleType:
     """A module of bench/ (``suite``, ``recording``, ...), importable once bench/ is on sys.path."""
     where = str(bench_dir())
     if where not in sys.path:
-        sys.path.insert(0, where)
+        sys.path.append(where)  # last: its plain module names (suite, machine, ...) never shadow anything
     return importlib.import_module(module)
 
 
