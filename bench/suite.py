@@ -44,6 +44,9 @@ BENCHMARKS: dict[str, tuple[str, str, bool]] = {
     "startup": ("scale", "`ramsim up` to ready for 100, 1,000 and 10,000 instances; 0 instances as the baseline", True),
     "policy": ("policy", "RAM policy decisions/s (one core) beside a naive fnmatch evaluator", False),
     "latency": ("latency", "bus ping, API call, attach/detach/policy change: Mosquitto beside the in-memory bus", False),
+    "oss": ("oss", "1 KiB OSS GETs/s with an STS token beside no authorization; policy change -> next GET", False),
+    "cli": ("cli", "`ramsim --help` and the CLI's overhead on an API call, beside `python -c pass`", False),
+    "sim": ("sim", "the simulator: 10,000 instances for a simulated day, beside a bare heapq loop", False),
 }
 
 
