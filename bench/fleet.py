@@ -63,15 +63,26 @@ def launch(running, count: int, role: str = "") -> list[str]:
     return ids
 
 
+def by_path(url: str) -> str:
+    """A metadata base URL that names its instance by path: a shared-mode view given as
+    ``http://<InstanceId>@127.0.0.1:PORT`` becomes ``http://127.0.0.1:PORT/<InstanceId>`` (the same
+    view, a path prefix, which wrk and plain GETs can send); any other URL is returned as it is."""
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    if not parts.username:
+        return url
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}/{parts.username}{parts.path.rstrip('/')}"
+
+
 def endpoints(running, instance_ids: list[str], limit: float = 120.0) -> dict[str, str]:
-    """Each instance's metadata base URL, once ECS knows all of them."""
+    """Each instance's metadata base URL (:func:`by_path`), once ECS knows all of them."""
     deadline = time.monotonic() + limit
     wanted = set(instance_ids)
     while True:
         listed = running.call("ecs", "DescribeInstanceMetadataEndpoints").get("Endpoints", [])
         urls = {e["InstanceId"]: e["Url"] for e in listed if e["InstanceId"] in wanted and e.get("Url")}
         if len(urls) == len(wanted):
-            return {i: urls[i] for i in instance_ids}
+            return {i: by_path(urls[i]) for i in instance_ids}
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(wanted) - len(urls)} of {len(wanted)} instances have no metadata endpoint after {limit:.0f} s")
         time.sleep(0.1)
