@@ -39,11 +39,20 @@ async def cluster(workdir: Path, name: str, *, hosts: int = 1, shared: bool = Fa
                   ready_timeout: float = 60.0) -> AsyncIterator:
     """A private cluster with no instances yet (``ramsim up --instances 0``), metadata in port or
     shared mode, in its own state dir under ``workdir``."""
-    from services.cli.up import Options, running_cluster
+    from services.cli.up import Options, UpError, running_cluster
 
-    options = Options(state_dir=workdir / name, instances=0, hosts=hosts, time_scale=time_scale,
-                      metadata_mode="shared" if shared else "port", ready_timeout=ready_timeout, log_level="warning")
-    async with running_cluster(options) as running:
+    async with contextlib.AsyncExitStack() as stack:
+        for attempt in (1, 2):
+            options = Options(state_dir=workdir / f"{name}-{attempt}", instances=0, hosts=hosts, time_scale=time_scale,
+                              metadata_mode="shared" if shared else "port", ready_timeout=ready_timeout, log_level="warning")
+            try:
+                running = await stack.enter_async_context(running_cluster(options))
+                break
+            except UpError as exc:
+                # A free port is picked from the kernel's ephemeral range, so on a busy machine an
+                # outgoing connection can take it before the service binds it: try once more.
+                if attempt == 2 or "address already in use" not in str(exc):
+                    raise
         yield running
 
 

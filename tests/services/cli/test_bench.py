@@ -79,6 +79,7 @@ def test_quick_smoke_run_prints_rows_that_parse(tmp_path: Path) -> None:
     assert not output.exists()  # --no-record
     assert "machine: " in done.stderr and "load average" in done.stderr
     by = {(r["benchmark"], r["measure"].split(",")[0]): r for r in rows}
+    assert not [r for r in rows if r["verdict"].startswith("error")], (rows, done.stderr[-3000:])
     floor = next(r for r in rows if r["measure"].startswith("broker floor"))
     assert re.fullmatch(rf"{NUMBER} / {NUMBER}", floor["value"]), floor
     for measure in ("attach -> visible, 1 instance", "attach -> all visible, one 100-instance batch"):
@@ -89,3 +90,33 @@ def test_quick_smoke_run_prints_rows_that_parse(tmp_path: Path) -> None:
     policy = [r for r in rows if r["benchmark"] == "policy"]
     assert len(policy) == 5 and all(re.fullmatch(rf"{NUMBER}/s", r["value"]) and r["verdict"] in ("PASS", "MISS") for r in policy)
     assert ("attach", "broker floor: bare pub/sub request/response (QoS 1)") in by
+
+
+def test_the_default_suite_and_a_subset_keep_the_suite_order() -> None:
+    suite = bench.load("suite")
+    assert suite.selected([]) == ["attach", "gets", "assume", "refresh", "memory", "startup"]
+    assert suite.selected(["policy", "attach"]) == ["attach", "policy"]
+    with pytest.raises(KeyError, match="nosuch"):
+        suite.selected(["nosuch"])
+
+
+async def test_a_failing_benchmark_is_one_row_and_the_others_still_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    suite = bench.load("suite")
+    fake = types.ModuleType("fake_bench_module")
+
+    async def run_boom(ctx: object) -> list:
+        raise RuntimeError("no broker today")
+
+    async def run_fine(ctx: object) -> list:
+        return [recording.Row("fine", "m", "1")]
+
+    fake.run_boom, fake.run_fine = run_boom, run_fine  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_bench_module", fake)
+    monkeypatch.setitem(suite.BENCHMARKS, "boom", ("fake_bench_module", "fails", False))
+    monkeypatch.setitem(suite.BENCHMARKS, "fine", ("fake_bench_module", "works", False))
+    said: list[str] = []
+    rows = await suite.run(["boom", "fine"], suite.Context(say=said.append))
+    assert [(r.bench, r.verdict) for r in rows] == [("boom", "error: RuntimeError: no broker today"), ("fine", "")]
+    assert any("boom failed" in line for line in said)
