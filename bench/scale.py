@@ -80,8 +80,8 @@ async def watch(running, urls: dict[str, str], seconds: float, say) -> dict[str,
 
             async def probe(instance_id: str, url: str) -> None:
                 async with gate:
+                    asked = clock.now()  # before the request: a credential that expired by then was served expired
                     status, body = await poller.get(url)
-                now = clock.now()
                 counts["gets"] += 1
                 found = _expiration(body) if status == 200 else None
                 if status == 503:
@@ -90,7 +90,7 @@ async def watch(running, urls: dict[str, str], seconds: float, say) -> dict[str,
                     counts["failed"] += 1
                 else:
                     key, expires = found
-                    counts["expired"] += expires <= now
+                    counts["expired"] += expires <= asked
                     if keys.get(instance_id, key) != key:
                         counts["rotations"] += 1
                     keys[instance_id] = key
