@@ -502,7 +502,8 @@ async def run_gets(ctx):
             return Row("gets", f"{measure}, req/s ({shape})", value, baseline, ">= 0.70x bare, >= 10x moto", verdict(ok))
 
         rows.append(row("credential GETs, one agent hosting 1 instance", agent))
-    measure = f"credential GETs, one agent hosting 10,000 instances (shared port, paths in turn), req/s ({shape})"
+    measure = "credential GETs, one agent hosting 10,000 instances (shared port, " + \
+        ("their paths in turn)" if use_wrk else "one path: no wrk)")
     if ctx.quick:
         rows.append(Row("gets", measure, "", baseline, ">= 0.70x bare, >= 10x moto", "skipped (--quick)"))
     elif not scale_available():
@@ -518,7 +519,7 @@ async def run_gets(ctx):
             script = wrk_paths_script(ctx.workdir, [u[len(base):] for u in urls.values()]) if use_wrk else None
             ctx.say(f"gets: loading the 10,000-instance agent for {seconds:g} s")
             many = await asyncio.to_thread(load, first, connections, seconds, use_wrk, script)
-        rows.append(row(measure.replace(" (shared", " (shared" if use_wrk else " (one path only, no wrk; shared"), many))
+        rows.append(row(measure, many))
     return rows
 
 
