@@ -13,8 +13,9 @@ The ``refresh``, ``memory`` and ``startup`` benchmarks of ``ramsim bench``:
            rate (instances / 30 simulated minutes). Needs the shared metadata mode (h13s); until
            then, and with --quick, it runs at 1,000 (quick: 100) instances on loopback ports.
   memory   RSS (VmRSS) of every process of a cluster with no instance, then with N instances
-           holding a role on ONE metadata agent (N = 1,000, or 100 with --quick or without the
-           shared mode), as KiB per 1,000 hosted instances (target: agent <= 5 KiB per instance).
+           holding a role on ONE metadata agent (N = 1,000; 100 with --quick), as KiB per 1,000
+           hosted instances (target: agent <= 5 KiB per instance); their metadata views share
+           one port when ``ramsim up`` has the shared mode (h13s), else each has its own.
   startup  `ramsim up --instances N` (a new process, a new state dir) until it prints that the
            cluster is ready, for N = 100, 1,000 and 10,000 (quick: 100), beside N = 0, the
            cluster's own start-up (target: 10,000 ready <= 30 s). 1,000 and 10,000 need h13s.
@@ -158,7 +159,7 @@ async def settled_rss(processes, rounds: int = 5) -> dict[str, int]:
 
 async def run_memory(ctx: Context) -> list[Row]:
     scale = scale_available()
-    count = 100 if ctx.quick or not scale else 1_000
+    count = ctx.count(1_000, 100)
     async with cluster(ctx.workdir, "memory", shared=scale, hosts=1, ready_timeout=120) as running:
         await asyncio.to_thread(create_role, running)
         before = await settled_rss(running.processes)
@@ -167,7 +168,8 @@ async def run_memory(ctx: Context) -> list[Row]:
         await serving(running, ids, ROLE, 300)
         after = await settled_rss(running.processes)
     rows = []
-    note = "" if count == 1000 else f" (measured at {count:,}; {'--quick' if ctx.quick else SCALE_NEEDED + ' for 1,000'})"
+    mode = "shared port" if scale else "a port each"
+    note = f" ({count:,} instances, {mode})"
     for name in before:
         per_thousand = (after[name] - before[name]) * 1000 / count
         agent = name.startswith("metadata-")
