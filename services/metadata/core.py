@@ -64,9 +64,11 @@ class MetadataCore:
         self._trees: dict[str, tuple[int, dict[str, str]]] = {}  # rendered per view generation (the hot path)
         self.registered = 0  # how many times ECS answered RegisterHost (re-announce endpoints each time)
         self._registering = False
-        self._table = {m.InstanceChanged: self._instance_changed}
+        self._received = 0  # views received so far in this registration (its pages)
+        self._table = {m.InstanceChanged: self._instance_changed, m.InstancesChanged: self._instances_changed}
         self.refused = 0  # credential reads answered 503: the role's newest credential had expired
         self._refusing: dict[str, tuple[str, int]] = {}  # instance id -> (expired AccessKeyId, reads refused)
+        self._touched: set[str] = set()  # instances whose view changed since the shell last asked (take_touched)
 
     # -- the Core protocol ----------------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -93,11 +95,17 @@ class MetadataCore:
         return [Log("host_resync", "info", {}), Request("ecs", m.RegisterHost(host_id=self.host_id), "register")]
 
     def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
-        self._registering = False
         if isinstance(body, m.RegisterHostOk):
             restored = [log for view in body.instances if self._apply(view) for log in self._restored(view, now)]
+            self._received += len(body.instances)
+            if body.next_after:  # a page of a large host: ask for the next one (still registering)
+                return [*restored, Request("ecs", m.RegisterHost(host_id=self.host_id, after=body.next_after), "register")]
+            received, self._received = self._received, 0
+            self._registering = False
             self.registered += 1
-            return [Log("host_registered", "info", {"instances": len(body.instances)}), *restored]
+            return [Log("host_registered", "info", {"instances": received}), *restored]
+        self._registering = False
+        self._received = 0
         reason = body.message if isinstance(body, Error) else type(body).__name__
         # Not registered yet: ask again (a timeout already paced this attempt).
         return [Log("register_failed", "warning", {"reason": reason}), *self.on_timer(now)]
@@ -114,6 +122,27 @@ class MetadataCore:
         return [Log("instance_view_applied" if applied else "instance_view_stale", "info",
                     {"instance_id": view.instance_id, "generation": view.generation, "role": view.ram_role_name}),
                 *(self._restored(view, now) if applied else [])]
+
+    def _instances_changed(self, msg: Envelope, now: float) -> list[Effect]:
+        """Several views at once (ECS's direct message after a batch): each applied as one
+        :class:`InstanceChanged` would be, with one log line for the batch."""
+        body = msg.body
+        assert isinstance(body, m.InstancesChanged)
+        if msg.src != "ecs":
+            return [Log("view_not_from_ecs", "warning", {"src": msg.src, "instances": len(body.views)})]
+        effects: list[Effect] = []
+        applied = stale = foreign = 0
+        for view in body.views:
+            if view.host_id != self.host_id:
+                foreign += 1
+            elif self._apply(view):
+                applied += 1
+                effects += self._restored(view, now)
+            else:
+                stale += 1
+        if foreign:
+            effects.append(Log("view_for_other_host", "warning", {"instances": foreign}))
+        return [Log("instance_views_applied", "info", {"applied": applied, "stale": stale}), *effects]
 
     def _restored(self, view: m.InstanceView, now: float) -> list[Effect]:
         """A new view ends a run of refused reads when it brings a credential valid at ``now``
@@ -132,12 +161,18 @@ class MetadataCore:
         if current is not None and current.generation >= view.generation:
             return False
         self.views[view.instance_id] = view
+        self._touched.add(view.instance_id)
         return True
 
     @property
     def ready(self) -> bool:
         """Ready once ECS has answered RegisterHost: before that, ECS cannot place instances here."""
         return self.registered > 0
+
+    def take_touched(self) -> set[str]:
+        """The instances whose view changed since the last call (the shell reconciles only those)."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     def serving(self) -> set[str]:
         """The instances whose metadata view should be listening."""

@@ -24,7 +24,7 @@ from protocol.messages.common import Principal
 from protocol.times import iso
 from services.ecs.core import RETRY_CAP, RETRY_FIRST, EcsCore, retry_delay
 from services.ram.policy import ECS_TRUST_POLICY
-from services.runtime.effects import Effect, Publish, Request
+from services.runtime.effects import Effect, Publish, Reply, Request, Send
 from services.runtime.entropy import SeededEntropy
 from tests.helpers import ACCOUNT, T0, entropy, envelope, published, replies, reply, requests, root
 
@@ -182,13 +182,18 @@ class Harness:
 
 
 def views(effects: list[Effect], host_id: str = "h1") -> list[m.InstanceView]:
-    """The instance views pushed in ``effects``, checking each went to its instance topic."""
+    """The instance views pushed in ``effects``, checking each went to its instance topic (one
+    view) or in one batch to its host's agent (several)."""
     found = []
     for e in effects:
         if isinstance(e, Publish) and isinstance(e.body, m.InstanceChanged):
             assert e.topic == topics.instance(e.body.view.host_id, e.body.view.instance_id)
             assert e.body.view.host_id == host_id
             found.append(e.body.view)
+        elif isinstance(e, Send) and isinstance(e.body, m.InstancesChanged):
+            assert e.dest == f"metadata-{host_id}" and len(e.body.views) > 1
+            assert all(v.host_id == host_id for v in e.body.views)
+            found += e.body.views
     return found
 
 
@@ -413,9 +418,12 @@ def test_attach_to_several_instances_replies_once_every_credential_arrived(h: Ha
     assert len(h.held) == 2  # the repeated id is attached once
 
     early = h.release()
-    assert replies(early) == [] and len(views(early)) == 1  # the first instance serves; no reply yet
-    ok = reply(h.release())
+    assert replies(early) == [] and views(early) == [] and event_topics(early) == []  # held back for the batch
+    done = h.release()
+    ok = reply(done)
     assert isinstance(ok, m.AttachInstanceRamRoleOk)
+    [batch] = [e for e in done if isinstance(e, Send)]  # both views in one message to the host, before the reply
+    assert [v.instance_id for v in views(done)] == [first, second] and done.index(batch) < next(i for i, e in enumerate(done) if isinstance(e, Reply))
     assert (ok.total_count, ok.fail_count) == (2, 0)
     assert [r.instance_id for r in ok.attach_instance_ram_role_results.attach_instance_ram_role_result] == [first, second]
 
