@@ -286,14 +286,11 @@ def moto_credentials_url(base: str) -> str:
     return url
 
 
-def measure_gets(agent_url: str, moto_base: str | None, connections: int, seconds: int, use_wrk: bool,
-                 workdir: Path) -> dict[str, Load | None]:
-    status, body, content_type = fetch(agent_url)
-    assert status == 200 and body, (status, body)
+def load_bare(body: bytes, content_type: str, connections: int, seconds: float, use_wrk: bool, workdir: Path,
+              script: Path | None = None) -> Load:
+    """Load the baseline, a bare aiohttp server (its own process) answering ``body`` on every path."""
     body_file = workdir / "credentials.json"
     body_file.write_bytes(body)
-    results: dict[str, Load | None] = {}
-    results["ramsim metadata agent"] = load(agent_url, connections, seconds, use_wrk)
     argv = [sys.executable, str(Path(__file__).resolve()), "_bare", str(body_file), content_type, str(seconds * 3 + 60)]
     with child(argv, stdout=subprocess.PIPE, text=True) as bare:
         port = int(bare.stdout.readline())  # type: ignore[union-attr]
@@ -301,7 +298,16 @@ def measure_gets(agent_url: str, moto_base: str | None, connections: int, second
         got = fetch(bare_url)
         if got != (200, body, content_type):
             raise RuntimeError(f"the bare server does not answer as the agent does: {got[0]} {got[2]}")
-        results["bare aiohttp, same bytes"] = load(bare_url, connections, seconds, use_wrk)
+        return load(bare_url, connections, seconds, use_wrk, script)
+
+
+def measure_gets(agent_url: str, moto_base: str | None, connections: int, seconds: float, use_wrk: bool,
+                 workdir: Path) -> dict[str, Load | None]:
+    status, body, content_type = fetch(agent_url)
+    assert status == 200 and body, (status, body)
+    results: dict[str, Load | None] = {}
+    results["ramsim metadata agent"] = load(agent_url, connections, seconds, use_wrk)
+    results["bare aiohttp, same bytes"] = load_bare(body, content_type, connections, seconds, use_wrk, workdir)
     results["moto instance metadata"] = load(moto_credentials_url(moto_base), connections, seconds, use_wrk) if moto_base else None
     return results
 
@@ -492,7 +498,7 @@ async def run_gets(ctx):
         assert agent is not None and bare is not None
         baseline = f"bare aiohttp {bare.rps:,.0f}/s; moto {'n/a' if moto is None else format(moto.rps, ',.0f') + '/s'}"
 
-        def row(measure: str, got: Load) -> Row:
+        def row(measure: str, got: Load, bare: Load = bare, baseline: str = baseline) -> Row:
             vs_bare = got.rps / bare.rps
             vs_moto = got.rps / moto.rps if moto else None
             value = f"{got.rps:,.0f}/s = {vs_bare:.2f}x bare, " + (f"{vs_moto:.0f}x moto" if vs_moto else "moto n/a")
@@ -519,7 +525,11 @@ async def run_gets(ctx):
             script = wrk_paths_script(ctx.workdir, [u[len(base):] for u in urls.values()]) if use_wrk else None
             ctx.say(f"gets: loading the 10,000-instance agent for {seconds:g} s")
             many = await asyncio.to_thread(load, first, connections, seconds, use_wrk, script)
-        rows.append(row(measure, many))
+            status, body, content_type = fetch(first)
+        ctx.say(f"gets: loading bare aiohttp with the same paths for {seconds:g} s")
+        bare_many = await asyncio.to_thread(load_bare, body, content_type, connections, seconds, use_wrk, ctx.workdir, script)
+        rows.append(row(measure, many, bare_many, f"bare aiohttp, the same paths {bare_many.rps:,.0f}/s; moto "
+                                                  f"{'n/a' if moto is None else format(moto.rps, ',.0f') + '/s'}"))
     return rows
 
 
