@@ -173,7 +173,10 @@ def main(names: list[str], *, quick: bool, record: bool, seconds: float | None, 
     if record:
         append(output, rows, when=when, machine=machine, command=shlex.join(command))
         print(f"appended {len(rows)} rows to {output}", file=sys.stderr, flush=True)
-    return 0
+    failed = [r.bench for r in rows if r.verdict.startswith("error")]
+    if failed:
+        print(f"ramsim bench: {', '.join(dict.fromkeys(failed))} failed (see its row and the lines above)", file=sys.stderr, flush=True)
+    return 1 if failed else 0  # a MISS is a measurement, not a failure
 
 
 async def standalone(names: list[str], ctx: Context | None = None) -> list[Row]:

@@ -46,7 +46,8 @@ def add_parser(sub: Any) -> None:
         description="Run the benchmarks of the checkout's bench/ (the default suite, or the ones named), each against "
                     "its own private cluster on loopback, with progress on stderr; print one table (each figure beside "
                     "its baseline from the same run, the target and PASS/MISS) and append it, dated, with the machine "
-                    "line and load average, to BENCHMARKS.md at the repository's root. --list names the benchmarks.",
+                    "line and load average, to BENCHMARKS.md at the repository's root. --list names the benchmarks. Exit status 1 "
+                    "when a benchmark could not run (its row says why), else 0, whatever the verdicts.",
         epilog="examples:\n  ramsim bench --list\n  ramsim bench --quick --no-record     # a smoke test, a minute or so\n"
                "  ramsim bench attach gets             # two of them\n  ramsim bench                         # the whole default suite",
         formatter_class=argparse.RawDescriptionHelpFormatter)
