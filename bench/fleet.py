@@ -83,12 +83,25 @@ def by_path(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port}/{parts.username}{parts.path.rstrip('/')}"
 
 
+def every_endpoint(running) -> list[dict]:
+    """Every page of DescribeInstanceMetadataEndpoints (``NextToken`` from one page to the next)."""
+    listed: list[dict] = []
+    token = ""
+    for _ in range(10_000):  # bounded: far more pages than any cluster has
+        page = running.call("ecs", "DescribeInstanceMetadataEndpoints", **({"NextToken": token} if token else {}))
+        listed += page.get("Endpoints", [])
+        token = page.get("NextToken", "")
+        if not token:
+            break
+    return listed
+
+
 def endpoints(running, instance_ids: list[str], limit: float = 120.0) -> dict[str, str]:
     """Each instance's metadata base URL (:func:`by_path`), once ECS knows all of them."""
     deadline = time.monotonic() + limit
     wanted = set(instance_ids)
     while True:
-        listed = running.call("ecs", "DescribeInstanceMetadataEndpoints").get("Endpoints", [])
+        listed = every_endpoint(running)
         urls = {e["InstanceId"]: e["Url"] for e in listed if e["InstanceId"] in wanted and e.get("Url")}
         if len(urls) == len(wanted):
             return {i: by_path(urls[i]) for i in instance_ids}
