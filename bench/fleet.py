@@ -34,24 +34,57 @@ def p50_p99_ms(seconds: list[float]) -> tuple[float, float]:
     return statistics.median(ms), p(ms, 0.99)
 
 
+QUIET_PORTS = (20_000, 32_000)  # below Linux's default ephemeral range (32768-60999): no outgoing connection takes one
+
+
+def quiet_ports(count: int) -> list[int]:
+    """``count`` loopback ports that are free now, from :data:`QUIET_PORTS`. A port the kernel hands
+    out (``bind(0)``) comes from the ephemeral range, where on a busy machine another process's
+    connection or listener can take it before the service binds it; these ports it never hands out."""
+    import random
+    import socket
+
+    found: list[int] = []
+    for _ in range(1000):
+        port = random.randrange(*QUIET_PORTS)
+        if port in found:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"no {count} free ports in {QUIET_PORTS}")
+
+
+def port_taken(state_dir: Path) -> bool:
+    """Whether a service of the cluster in ``state_dir`` failed because its port was taken meanwhile."""
+    logs = state_dir / "logs"
+    return logs.is_dir() and any("already in use" in f.read_text(errors="replace").lower() for f in logs.iterdir() if f.is_file())
+
+
 @contextlib.asynccontextmanager
 async def cluster(workdir: Path, name: str, *, hosts: int = 1, shared: bool = False, time_scale: float = 1.0,
                   ready_timeout: float = 60.0) -> AsyncIterator:
     """A private cluster with no instances yet (``ramsim up --instances 0``), metadata in port or
-    shared mode, in its own state dir under ``workdir``."""
-    from services.cli.up import Options, UpError, running_cluster
+    shared mode, in its own state dir under ``workdir``; its broker, gateway and OSS on
+    :func:`quiet_ports`. Started again (up to 3 times) when a port was taken before its service bound it."""
+    from services.cli.up import PORTS, Options, UpError, running_cluster
 
     async with contextlib.AsyncExitStack() as stack:
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             options = Options(state_dir=workdir / f"{name}-{attempt}", instances=0, hosts=hosts, time_scale=time_scale,
-                              metadata_mode="shared" if shared else "port", ready_timeout=ready_timeout, log_level="warning")
+                              metadata_mode="shared" if shared else "port", ready_timeout=ready_timeout, log_level="warning",
+                              ports=dict(zip(PORTS, quiet_ports(len(PORTS)))))
             try:
                 running = await stack.enter_async_context(running_cluster(options))
                 break
             except UpError as exc:
-                # A free port is picked from the kernel's ephemeral range, so on a busy machine an
-                # outgoing connection can take it before the service binds it: try once more.
-                if attempt == 2 or "address already in use" not in str(exc):
+                if attempt == 3 or not ("already in use" in str(exc).lower() or port_taken(options.state_dir)):
                     raise
         yield running
 
