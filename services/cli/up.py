@@ -88,6 +88,7 @@ class Options:
     time_scale: float = 1.0
     credential_lifetime: int = 3600
     refresh_before: int = 1800
+    refresh_jitter: float = 0.1  # a refresh comes up to this fraction of refresh_before earlier, at random
     region_id: str = "cn-hangzhou"
     account_id: str = ""
     log_format: str = "json"
@@ -461,7 +462,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
             broker_url=f"mqtt://127.0.0.1:{port}", state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin,
             log_format=options.log_format, log_level=options.log_level, account_id=kept.account_id, region_id=options.region_id,
             zone_id=f"{options.region_id}-i", credential_lifetime=options.credential_lifetime,
-            refresh_before=options.refresh_before, metadata_mode=metadata_mode)
+            refresh_before=options.refresh_before, refresh_jitter=options.refresh_jitter, metadata_mode=metadata_mode)
         base_env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
         for name in _secret_variables():
             base_env.pop(name, None)
@@ -664,10 +665,15 @@ def cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per real second (default 1)")
     p.add_argument("--credential-lifetime", type=int, default=3600, help="seconds an instance credential lasts (default 3600)")
     p.add_argument("--refresh-before", type=int, default=1800, help="seconds before expiry that ECS refreshes it (default 1800)")
+    p.add_argument("--refresh-jitter", type=float, default=0.1,
+                   help="refresh each credential up to this fraction of --refresh-before earlier, at random, so instances "
+                        "attached together do not refresh together (default 0.1; 0: exactly --refresh-before early)")
 
 
 def options(args: argparse.Namespace, progress: bool) -> Options:
     """:class:`Options` from parsed ``up``/``demo`` arguments (:class:`UpError` when they cannot work)."""
+    if not 0 <= getattr(args, "refresh_jitter", 0.1) <= 1:
+        raise UpError("--refresh-jitter is a fraction of --refresh-before, from 0 to 1")
     if args.time_scale <= 0 or args.credential_lifetime <= 0 or not 0 <= args.refresh_before < args.credential_lifetime:
         raise UpError("--time-scale and --credential-lifetime must be > 0, and --refresh-before from 0 to less than "
                       f"--credential-lifetime ({args.credential_lifetime}): a credential is refreshed before it expires")
@@ -675,6 +681,7 @@ def options(args: argparse.Namespace, progress: bool) -> Options:
                    cluster_file=args.cluster_file, instances=getattr(args, "instances", 0),
                    hosts=getattr(args, "hosts", None) or 0, time_scale=args.time_scale,
                    credential_lifetime=args.credential_lifetime, refresh_before=args.refresh_before,
+                   refresh_jitter=getattr(args, "refresh_jitter", 0.1),
                    log_format=getattr(args, "log_format", "json"), reset=getattr(args, "reset", False),
                    metadata_mode=getattr(args, "metadata_mode", None) or "",
                    ports={what: getattr(args, f"{what}_port", 0) or 0 for what in PORTS},

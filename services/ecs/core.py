@@ -133,6 +133,13 @@ class Fetch:
     op: AttachOp | None = None
 
 
+@dataclass
+class Fetches:
+    """One AssumeRoles for several instances' credentials (a batch attach, refreshes due together)."""
+
+    fetches: list[Fetch]
+
+
 class EcsCore:
     node_id = NAME
     ROWS: dict[str, type] = {"instances": InstanceRecord, "meta": EcsMeta}
@@ -187,6 +194,12 @@ class EcsCore:
     def _on_reply(self, context: object, body: object, now: float) -> list[Effect]:
         if isinstance(context, Fetch):
             return self._fetched(context, body, now)
+        if isinstance(context, Fetches):
+            if isinstance(body, sts.AssumeRolesOk) and len(body.results) == len(context.fetches):
+                answers: list[object] = [r.ok if r.ok is not None else (r.error or errors.internal_error()) for r in body.results]
+            else:  # the whole batch failed (a timeout, STS away): each instance retries as a single fetch would
+                answers = [body] * len(context.fetches)
+            return [e for fetch, answer in zip(context.fetches, answers) for e in self._fetched(fetch, answer, now)]
         assert isinstance(context, Gate)
         if isinstance(body, Error):
             if body.code == "EntityNotExist.Role":
@@ -195,11 +208,13 @@ class EcsCore:
         return context.then(body, now)
 
     def on_timer(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
+        due: list[InstanceRecord] = []
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, instance_id = heapq.heappop(self._due)
-            effects += self._fetch(self.instances[instance_id], None)
-        return _batched(effects)
+            record = self.instances[instance_id]
+            record.due_at = None  # taken: next_deadline no longer offers it
+            due.append(record)
+        return _batched(self._fetch_all(due, None))
 
     def next_deadline(self) -> float | None:
         """The earliest due refresh; entries the record no longer agrees with are dropped as found."""
@@ -438,6 +453,7 @@ class EcsCore:
         assert isinstance(body, m.RunInstances)
         effects: list[Effect] = []
         launched: list[str] = []
+        binding: list[InstanceRecord] = []
         for _ in range(body.amount):
             instance_id = ids.instance_id(self._entropy(20))
             host_id = self.hosts[self._next_host % len(self.hosts)]
@@ -455,7 +471,8 @@ class EcsCore:
             effects.append(self._push(record))
             if role is not None:
                 self._bind(record, role, "")
-                effects += self._fetch(record, None)
+                binding.append(record)
+        effects += self._fetch_all(binding, None)
         effects.append(Log("instances_launched", "info", {"instance_ids": launched, "role": role.role_name if role else ""}))
         return [Reply(msg, m.RunInstancesOk(instance_id_sets=m.InstanceIdSets(instance_id_set=launched))), *effects]
 
@@ -524,7 +541,7 @@ class EcsCore:
         body = msg.body
         assert isinstance(body, m.AttachInstanceRamRole)
         op = AttachOp(msg, role.role_name, {})
-        effects: list[Effect] = []
+        binding: list[InstanceRecord] = []
         for instance_id in instance_ids:
             record = self.instances.get(instance_id)
             if record is None:
@@ -534,9 +551,10 @@ class EcsCore:
                                                           message=f"The instance already has RAM role {record.role_name}; detach it first.")
             else:
                 self._bind(record, role, body.policy)
-                effects += self._fetch(record, op)
+                binding.append(record)
                 op.waiting.add(instance_id)
-        return effects if op.waiting else self._attach_reply(op)
+                op.results[instance_id] = m.RamRoleResult(instance_id=instance_id, code="", message="", success=False)  # its place
+        return self._fetch_all(binding, op) if op.waiting else self._attach_reply(op)
 
     def _bind(self, record: InstanceRecord, role: ram.Role, session_policy: str) -> None:
         """Attach ``role``; it serves once its first credential arrives."""
@@ -601,13 +619,28 @@ class EcsCore:
 
     # -- credentials ----------------------------------------------------------------------
     def _fetch(self, record: InstanceRecord, op: AttachOp | None) -> list[Effect]:
+        assume, fetch = self._assume(record, op)
+        return [Request("sts", assume, fetch)]
+
+    def _fetch_all(self, records: list[InstanceRecord], op: AttachOp | None) -> list[Effect]:
+        """Credentials for ``records``: one AssumeRole for one, else one AssumeRoles per
+        :data:`MAX_INSTANCE_IDS` (one round trip to STS, which asks RAM once per role)."""
+        if len(records) == 1:
+            return self._fetch(records[0], op)
+        effects: list[Effect] = []
+        for start in range(0, len(records), MAX_INSTANCE_IDS):
+            pairs = [self._assume(r, op) for r in records[start:start + MAX_INSTANCE_IDS]]
+            effects.append(Request("sts", sts.AssumeRoles(requests=[a for a, _ in pairs]), Fetches([f for _, f in pairs])))
+        return effects
+
+    def _assume(self, record: InstanceRecord, op: AttachOp | None) -> tuple[sts.AssumeRole, Fetch]:
         record.due_at = None
         self._dirty.add(record.instance.instance_id)
         assume = sts.AssumeRole(role_arn=record.role_arn,
                                 role_session_name=record.instance.instance_id,
                                 duration_seconds=self.credential_lifetime, policy=record.session_policy,
                                 caller=self.principal())
-        return [Request("sts", assume, Fetch(record.instance.instance_id, record.attachment, op))]
+        return assume, Fetch(record.instance.instance_id, record.attachment, op)
 
     def _fetched(self, fetch: Fetch, body: object, now: float) -> list[Effect]:
         record = self.instances.get(fetch.instance_id)
