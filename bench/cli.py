@@ -73,6 +73,22 @@ async def api_overhead(runs: int) -> tuple[list[float], list[float]]:
             return cli, in_process[1:]
 
 
+async def run_cli(ctx) -> list:
+    """``ramsim bench cli``: the command's start-up and its overhead on an API call."""
+    from recording import Row, verdict
+    runs = ctx.count(30, 5)
+    ctx.say(f"cli: {runs} runs of each command")
+    baseline = statistics.median(await asyncio.to_thread(timed, [sys.executable, "-c", "pass"], runs))
+    help_ms = statistics.median(await asyncio.to_thread(timed, [*ramsim(), "--help"], runs))
+    cli_ms, call_ms = await api_overhead(runs)
+    overhead = statistics.median(cli_ms) - statistics.median(call_ms)
+    return [Row("cli", f"`ramsim --help`, wall ms, p50 of {runs}", f"{help_ms:.1f}", f"`python -c pass` {baseline:.1f}",
+                f"<= {TARGET_MS:g} ms", verdict(help_ms <= TARGET_MS)),
+            Row("cli", f"CLI overhead on an API call (`ramsim sts GetCallerIdentity` minus the call in a warm process), ms, p50 of {runs}",
+                f"{overhead:.1f}", f"the call in a warm process {statistics.median(call_ms):.1f}", f"<= {TARGET_MS:g} ms",
+                verdict(overhead <= TARGET_MS))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="runs of each command (default 30)")

@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,13 +31,15 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py
 
+from machine import machine  # noqa: E402
 from protocol.messages.common import Ping  # noqa: E402
 from services.cli import api, cluster  # noqa: E402
 from services.runtime import logs  # noqa: E402
 from services.cli.embedded import embedded_cluster  # noqa: E402
 from services.cli.instances import instances, read_metadata  # noqa: E402
-from services.cli.up import Options, find_mosquitto, running_cluster  # noqa: E402
+from services.cli.up import Options, running_cluster  # noqa: E402
 from services.ram.policy import ECS_TRUST_POLICY  # noqa: E402
 from services.runtime.client import BusClient  # noqa: E402
 from services.runtime.clock import ScaledClock  # noqa: E402
@@ -150,14 +149,23 @@ def stats(samples: list[float]) -> tuple[float, float, float]:
     return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))], ms[-1]
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    try:
-        mosquitto = subprocess.run([find_mosquitto(), "-h"], capture_output=True, text=True).stdout.splitlines()[0]
-    except Exception:  # noqa: BLE001 - informational only
-        mosquitto = "mosquitto ?"
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {mosquitto}"
+async def run_latency(ctx) -> list:
+    """``ramsim bench latency``: one row per metric, Mosquitto beside the in-memory bus."""
+    from recording import Row, verdict
+    rounds = ctx.count(100, 10)
+    ctx.say(f"latency: the in-memory cluster, {rounds} rounds")
+    memory = await run_memory(rounds)
+    ctx.say(f"latency: the Mosquitto cluster, {rounds} rounds")
+    mqtt = await run_mqtt(rounds)
+    rows = []
+    for metric in mqtt:
+        m50, m99, _ = stats(memory[metric])
+        q50, q99, _ = stats(mqtt[metric])
+        change = metric == "policy -> denied"
+        rows.append(Row("latency", f"{metric}, p50 / p99 ms ({rounds * 10 if metric == 'bus ping' else rounds} rounds)",
+                        f"{q50:.2f} / {q99:.2f}", f"in-memory bus {m50:.2f} / {m99:.2f} ({q50 / m50:.1f}x)",
+                        "p99 <= 20 ms" if change else "", verdict(q99 <= 20) if change else ""))
+    return rows
 
 
 async def main() -> None:
@@ -165,7 +173,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=100, help="rounds per measurement (bus ping: 10x this)")
     args = parser.parse_args()
     logs.configure(level="warning")
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {machine()}", flush=True)  # bench/machine.py
     print(f"rounds: {args.rounds} (bus ping {args.rounds * 10})", flush=True)
     memory = await run_memory(args.rounds)
     mqtt = await run_mqtt(args.rounds)

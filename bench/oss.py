@@ -215,6 +215,30 @@ def stats(samples: list[float]) -> tuple[float, float, float]:
     return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))], ms[-1]
 
 
+async def run_oss(ctx) -> list:
+    """``ramsim bench oss``: the authorized GET beside the unauthorized one, and policy change -> effect."""
+    import types
+
+    from recording import Row, verdict
+    use_wrk = shutil.which("wrk") is not None
+    seconds, rounds = int(ctx.phase(10, 2)), ctx.count(100, 10)
+    args = types.SimpleNamespace(seconds=seconds, connections=16)
+    ctx.say(f"oss: GETs without authorization for {seconds} s")
+    base = (await measure_gets(False, args, use_wrk, 0))["load"]
+    ctx.say(f"oss: authorized GETs for {seconds} s, {rounds} policy rounds")
+    authorized = await measure_gets(True, args, use_wrk, rounds)
+    auth = authorized["load"]
+    added = (base.rps / auth.rps - 1) * 100 if auth.rps else float("inf")
+    shape = f"{'wrk -t1' if use_wrk else 'Python generator'}, 16 connections, {seconds} s"
+    rows = [Row("oss", f"1 KiB GETs/s, STS token ({SIGNATURE.upper()}), warm policy cache ({shape})",
+                f"{auth.rps:,.0f}/s = {added:+.1f}% per GET", f"RAMSIM_OSS_AUTHORIZE=false {base.rps:,.0f}/s",
+                "<= 10% added", verdict(added <= 10))]
+    for name, samples in authorized["changes"].items():
+        p50, p99, _ = stats(samples)
+        rows.append(Row("oss", f"{name}, p50 / p99 ms ({rounds} rounds)", f"{p50:.2f} / {p99:.2f}"))
+    return rows
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="seconds of load per target (default 10)")

@@ -18,18 +18,18 @@ Every row runs for about ``--seconds`` (default 1) per evaluator.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import fnmatch
 import ipaddress
 import json
-import os
-import platform
 import sys
 import time
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from services.ram import policy  # noqa: E402
 
@@ -117,48 +117,47 @@ def rate(call: Callable[[], object], seconds: float) -> float:
     return done / elapsed
 
 
-def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if cpuinfo.exists() else platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()} ({platform.python_implementation()})"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=1.0, help="time per row and evaluator (default 1)")
-    args = parser.parse_args()
+def measure(seconds: float) -> list[tuple[str, str, float, float]]:
+    """(request, decision, engine decisions/s, naive decisions/s) per row; stops if they disagree."""
     compiled = [policy.NamedPolicy(name, version, policy.parse(json.dumps({"Version": "1", "Statement": sts})))
                 for name, version, sts in DOCUMENTS]
     raw = [(name, version, json.loads(json.dumps(sts))) for name, version, sts in DOCUMENTS]
-    print(f"machine: {machine()}")
-    print(f"date: {date.today().isoformat()}; policy set: {sum(len(s) for _, _, s in DOCUMENTS)} statements in "
-          f"{len(DOCUMENTS)} policies; {args.seconds:g} s per row and evaluator; single thread")
-
     rows = []
     for label, (action, resource, keys, expected) in REQUESTS.items():
         request = policy.RequestContext(action, resource, keys)
         got = policy.decide(compiled, request).decision
         naive = naive_decide(raw, action, resource, keys)
         if not got == naive == expected:
-            raise SystemExit(f"{label}: engine says {got}, baseline {naive}, expected {expected}")
-        fast = rate(lambda: policy.decide(compiled, request), args.seconds)
-        slow = rate(lambda: naive_decide(raw, action, resource, keys), args.seconds)
+            raise RuntimeError(f"{label}: engine says {got}, baseline {naive}, expected {expected}")
+        fast = rate(lambda: policy.decide(compiled, request), seconds)
+        slow = rate(lambda: naive_decide(raw, action, resource, keys), seconds)
         rows.append((label, expected, fast, slow))
 
     mixed = list(REQUESTS.values())
     turn = iter(range(1 << 62))
-    fast = rate(lambda: policy.decide(compiled, policy.RequestContext(*mixed[next(turn) % 4][:3])), args.seconds)
-    slow = rate(lambda: naive_decide(raw, *mixed[next(turn) % 4][:3]), args.seconds)
+    fast = rate(lambda: policy.decide(compiled, policy.RequestContext(*mixed[next(turn) % 4][:3])), seconds)
+    slow = rate(lambda: naive_decide(raw, *mixed[next(turn) % 4][:3]), seconds)
     rows.append(("mixed, fresh context", "all four", fast, slow))
+    return rows
 
-    header = f"{'request':<22}{'decision':<14}{'engine/s':>12}{'naive/s':>12}{'speed-up':>10}  target {TARGET:,}/s"
-    print("\n" + header + "\n" + "-" * len(header))
-    for label, decision, fast, slow in rows:
-        verdict = "PASS" if fast >= TARGET else "MISS"
-        print(f"{label:<22}{decision:<14}{fast:>12,.0f}{slow:>12,.0f}{fast / slow:>9.1f}x  {verdict}")
-    print("\n(engine: services.ram.policy.decide on documents compiled once; naive: fnmatch.fnmatchcase and "
-          "per-call condition parsing over the raw JSON)")
+
+async def run_policy(ctx) -> list:
+    """``ramsim bench policy``: one row per request kind."""
+    from recording import Row, verdict
+    seconds = ctx.phase(1.0, 0.2)
+    ctx.say(f"policy: {len(REQUESTS) + 1} rows, {seconds:g} s per row and evaluator")
+    statements = sum(len(s) for _, _, s in DOCUMENTS)
+    return [Row("policy", f"decisions/s, {label} ({decision}; {statements} statements, one thread)", f"{fast:,.0f}/s",
+                f"naive fnmatch {slow:,.0f}/s ({fast / slow:.1f}x)", f">= {TARGET:,}/s", verdict(fast >= TARGET))
+            for label, decision, fast, slow in measure(seconds)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per row and evaluator (default 1)")
+    args = parser.parse_args()
+    from suite import Context, standalone
+    asyncio.run(standalone(["policy"], Context(seconds=args.seconds)))
 
 
 if __name__ == "__main__":

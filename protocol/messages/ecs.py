@@ -335,15 +335,19 @@ class ModifyInstanceMetadataOptionsOk(Message):
 
 
 class DescribeInstanceMetadataEndpoints(ApiCommand):
-    """ramsim extension (not an Alibaba API): where each instance's metadata view listens.
+    """ramsim extension (not an Alibaba API): where each instance's metadata view listens, in
+    pages of ``MaxResults`` (1-1000, default 1000) from ``NextToken`` (the previous page's).
     ``instance_ids`` (a JSON list, as DescribeInstances takes it) asks for those only: every
     endpoint of thousands of instances is more than one bus message may carry (256 KiB)."""
 
     instance_ids: str = ""
+    max_results: int = 0
+    next_token: str = ""
 
 
 class DescribeInstanceMetadataEndpointsOk(Message):
     endpoints: list[MetadataEndpoint]
+    next_token: str = ""  # "" on the last page
 
 
 # -- ECS <-> metadata agents -----------------------------------------------------------------
@@ -351,10 +355,12 @@ class RegisterHost(Message):
     """A metadata agent announces itself; ECS answers with every instance it hosts."""
 
     host_id: str
+    after: str = ""  # the next page: the views after this instance (RegisterHostOk.next_after)
 
 
 class RegisterHostOk(Message):
     instances: list[InstanceView]
+    next_after: str = ""  # more views follow: ask again with RegisterHost(after=next_after)
 
 
 class InstanceChanged(Message):
@@ -369,6 +375,22 @@ class InstanceEndpointReady(Message):
     instance_id: str
     host_id: str
     url: str
+
+
+class InstancesChanged(Message):
+    """ECS -> one host's agent, as a direct message: the complete current views of several of
+    its instances at once (a batch launch, attach or refresh: one message per host, not per
+    instance). Each view is applied as an :class:`InstanceChanged` would be."""
+
+    views: list[InstanceView]
+
+
+class InstanceEndpointsReady(Message):
+    """Agent -> ECS: several instances' metadata views are being served (one message, not one
+    :class:`InstanceEndpointReady` each)."""
+
+    host_id: str
+    endpoints: list[MetadataEndpoint]
 
 
 class RoleAttachedToInstance(Message):
@@ -396,5 +418,5 @@ COMMANDS = (RunInstances, AttachInstanceRamRole, DetachInstanceRamRole, Describe
             DescribeInstanceRamRole, ModifyInstanceMetadataOptions, DescribeInstanceMetadataEndpoints)
 ALL = (*COMMANDS, RunInstancesOk, AttachInstanceRamRoleOk, DetachInstanceRamRoleOk,
        DescribeInstancesOk, DescribeInstanceRamRoleOk, ModifyInstanceMetadataOptionsOk, DescribeInstanceMetadataEndpointsOk,
-       RegisterHost, RegisterHostOk, InstanceChanged, InstanceEndpointReady,
+       RegisterHost, RegisterHostOk, InstanceChanged, InstanceEndpointReady, InstancesChanged, InstanceEndpointsReady,
        RoleAttachedToInstance, RoleDetachedFromInstance, InstanceCredentialsRefreshed)

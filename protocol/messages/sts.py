@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protocol.base import Message, Shape
+from protocol.errors import Error
 from protocol.messages.common import ApiCommand
 
 
@@ -55,5 +56,24 @@ class RoleAssumed(Message):
     expires_at: float
 
 
+class AssumeRoles(Message):
+    """ECS -> STS (ramsim-internal, not an API): several AssumeRole calls of the ECS service
+    principal in one message, e.g. a batch attach of up to 100 instances: one round trip to
+    STS, and one role lookup in RAM per distinct role, instead of one each. Only ECS may send it."""
+
+    requests: list[AssumeRole]
+
+
+class AssumeRoleResult(Shape):
+    """One answer of :class:`AssumeRolesOk`: the credential, or why there is none."""
+
+    ok: AssumeRoleOk | None = None
+    error: Error | None = None
+
+
+class AssumeRolesOk(Message):
+    results: list[AssumeRoleResult]  # in the order of AssumeRoles.requests
+
+
 COMMANDS = (AssumeRole, GetCallerIdentity)
-ALL = (AssumeRole, AssumeRoleOk, GetCallerIdentity, GetCallerIdentityOk, RoleAssumed)
+ALL = (AssumeRole, AssumeRoleOk, GetCallerIdentity, GetCallerIdentityOk, RoleAssumed, AssumeRoles, AssumeRolesOk)

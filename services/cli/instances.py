@@ -3,10 +3,12 @@ and what one of them reads at ``http://100.100.100.200``."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -61,6 +63,29 @@ def instances(target: cluster.ClusterFile) -> list[dict[str, str]]:
     return found
 
 
+def metadata_endpoints(gateway_url: str, credential: api.Credential, timeout: float = 15.0) -> list[dict[str, str]]:
+    """Every page of DescribeInstanceMetadataEndpoints (1,000 endpoints a page)."""
+    found: list[dict[str, str]] = []
+    token = ""
+    while True:
+        page = api.call(gateway_url, "ecs", "DescribeInstanceMetadataEndpoints", {"NextToken": token} if token else {},
+                        credential, timeout=timeout)
+        found += page.get("Endpoints", [])
+        token = page.get("NextToken", "")
+        if not token:
+            return found
+
+
+def split_user(url: str) -> tuple[str, str]:
+    """(the URL without its user name, the user name): a shared-mode view's URL
+    ``http://<InstanceId>:@127.0.0.1:PORT`` names its instance as the user."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.username:
+        return url, ""
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), urllib.parse.unquote(parts.username)
+
+
 # Run inside an instance's namespace (namespace mode): GET http://100.100.100.200<path>, as the instance.
 _IN_NAMESPACE = """
 import sys, urllib.error, urllib.request
@@ -84,7 +109,10 @@ def read_metadata(url: str, path: str, token: str | None = None) -> tuple[int, s
                                "/" + path.lstrip("/"), token or ""], capture_output=True, text=True, timeout=30)
         status, _, body = done.stdout.partition("\n")
         return (int(status), body) if status.isdigit() else (502, done.stderr.strip() or "no answer from the namespace")
-    request = urllib.request.Request(url.rstrip("/") + "/" + path.lstrip("/"))
+    base, user = split_user(url)
+    request = urllib.request.Request(base.rstrip("/") + "/" + path.lstrip("/"))
+    if user:  # a shared-mode view: the instance is the user name, sent as curl and requests send it
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:".encode()).decode())
     if token:
         request.add_header("X-aliyun-ecs-metadata-token", token)
     try:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("services.cli.app", "run an application on an instance: OSS calls with its role's credentials, measured"),
     "trace": ("services.cli.trace", "the messages of each trace (live bus or a recording) as text, a Mermaid or an SVG sequence diagram"),
     "check": ("services.cli.check", "check a recorded fault-run history (JSON lines) against the durability invariants"),
+    "bench": ("services.cli.bench", "run the benchmarks (or those named); one table, dated rows appended to BENCHMARKS.md"),
     "soak": ("services.faults.soak", "random faults (kill -9, broker restarts, pauses) for minutes, then the checker"),
     "experiment": ("services.experiment.cli", "run an experiment file (timeline of actions and faults, checks) live or --sim; a verdict and plots"),
     **{product: ("services.cli.product", f"call {product.upper()} API version {version}, like Alibaba's aliyun CLI")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
@@ -36,6 +37,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,21 @@ LOCK_FILE = "up.lock"
 
 
 PORTS = ("broker", "gateway", "oss")  # the loopback ports a cluster listens on besides its metadata views
+METADATA_MODES = ("port", "shared", "netns")
+INSTANCES_PER_HOST = 2000  # the default --hosts: one metadata agent per this many instances
+SHARED_ABOVE = 100         # the default --metadata-mode: shared (one port per agent) above this many instances
+RUN_BATCH = 100            # RunInstances' Amount is 1-100, as Alibaba's
+LAUNCHERS = 4              # RunInstances calls in flight at once while launching
+
+
+def host_count(options: "Options") -> int:
+    """``--hosts``, or by default one metadata agent per :data:`INSTANCES_PER_HOST` instances."""
+    return options.hosts or max(1, -(-options.instances // INSTANCES_PER_HOST))
+
+
+def mode_for(options: "Options") -> str:
+    """``--metadata-mode``, or by default ``shared`` above :data:`SHARED_ABOVE` instances, else ``port``."""
+    return options.metadata_mode or ("shared" if options.instances > SHARED_ABOVE else "port")
 
 
 class UpError(CliError):
@@ -71,17 +88,18 @@ class Options:
     state_dir: Path = Path(cluster.DEFAULT_STATE_DIR)
     cluster_file: Path | None = None
     instances: int = 1
-    hosts: int = 1
+    hosts: int = 0  # 0: one per INSTANCES_PER_HOST instances (at least one), see :func:`host_count`
     time_scale: float = 1.0
     credential_lifetime: int = 3600
     refresh_before: int = 1800
+    refresh_jitter: float = 0.1  # a refresh comes up to this fraction of refresh_before earlier, at random
     region_id: str = "cn-hangzhou"
     account_id: str = ""
     log_format: str = "json"
     log_level: str = "info"
     ready_timeout: float = 30.0
     reset: bool = False  # delete the previous cluster's state in state_dir before starting (else it is resumed)
-    metadata_mode: str = "port"  # "netns": each instance a network namespace reaching 100.100.100.200 (root)
+    metadata_mode: str = ""  # port, shared or netns ("": shared above SHARED_ABOVE instances, else port); see :func:`mode_for`
     ports: dict[str, int] = field(default_factory=dict)  # "broker"/"gateway"/"oss": a fixed loopback port (else kept or free)
     restart_policy: supervision.RestartPolicy = supervision.RestartPolicy()
     proxies: tuple[str, ...] = ()  # children that reach the broker through a TCP proxy (services/experiment/proxy.py)
@@ -468,11 +486,12 @@ def _secret_variables() -> set[str]:
 async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     say = options.progress
     mosquitto = "" if options.broker else find_mosquitto()
-    if options.metadata_mode == "netns" and netns.available():
+    metadata_mode = mode_for(options)
+    if metadata_mode == "netns" and netns.available():
         raise UpError(f"--metadata-mode netns: {netns.available()}")
     state = options.state_dir.resolve()
     path = (options.cluster_file or state / "cluster.json").resolve()
-    hosts = [f"host-{i}" for i in range(1, options.hosts + 1)]
+    hosts = [f"host-{i}" for i in range(1, host_count(options) + 1)]
     with private.private_files(), _state_lock(_private_state(state, say)):  # 0700/0600: see services/runtime/private.py
         kept, resumed = _cluster_keys(options, state)
         port, gateway_port, oss_port = kept.broker_port, kept.gateway_port, kept.oss_port
@@ -489,7 +508,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
             broker_url=f"mqtt://127.0.0.1:{port}", state_dir=str(state), time_scale=kept.time_scale, time_origin=kept.time_origin,
             log_format=options.log_format, log_level=options.log_level, account_id=kept.account_id, region_id=options.region_id,
             zone_id=f"{options.region_id}-i", credential_lifetime=options.credential_lifetime,
-            refresh_before=options.refresh_before, metadata_mode=options.metadata_mode)
+            refresh_before=options.refresh_before, refresh_jitter=options.refresh_jitter, metadata_mode=metadata_mode)
         base_env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
         for name in _secret_variables():
             base_env.pop(name, None)
@@ -536,8 +555,8 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
                               services_port=services.port, endpoint=tools)
             running.supervisor = asyncio.create_task(_supervise(running), name="ramsim-up:supervisor")
             if options.instances:
-                say(f"launching {options.instances} instance(s)")
-                await asyncio.to_thread(launch_instances, running, options.instances, deadline)
+                say(f"launching {options.instances} instance(s) on {len(hosts)} host(s), metadata mode {metadata_mode}")
+                await asyncio.to_thread(launch_instances, running, options.instances, launch_deadline(options), say)
             cluster.save(path, file)
             running.announced = True
             say(f"cluster ready; cluster file {path}")
@@ -626,22 +645,76 @@ async def _start_proxies(names: tuple[str, ...], children: list[str], broker_por
     return proxies
 
 
-def launch_instances(running: Cluster, count: int, deadline: float) -> list[str]:
-    """RunInstances as root, then wait until each is Running (its metadata view serves)."""
-    answer = running.call("ecs", "RunInstances", RegionId=running.file.region_id, Amount=str(count))
-    instance_ids = answer["InstanceIdSets"]["InstanceIdSet"]
-    wait_running(running, instance_ids, deadline)
+def launch_deadline(options: Options) -> float:
+    """When a launch must be done: ``ready_timeout``, plus a second per 100 instances."""
+    return time.monotonic() + options.ready_timeout + options.instances / RUN_BATCH
+
+
+def launch_instances(running: Cluster, count: int, deadline: float, say: Callable[[str], None] = lambda line: None) -> list[str]:
+    """RunInstances as root in batches of :data:`RUN_BATCH` (the API's limit), :data:`LAUNCHERS`
+    at a time, then wait until each is Running (its metadata view serves)."""
+    batches = [min(RUN_BATCH, count - start) for start in range(0, count, RUN_BATCH)]
+    progress = Progress(say, "launched", count)
+
+    def run(amount: int) -> list[str]:
+        answer = running.call("ecs", "RunInstances", RegionId=running.file.region_id, Amount=str(amount))
+        launched = answer["InstanceIdSets"]["InstanceIdSet"]
+        progress.add(len(launched))
+        return launched
+
+    if len(batches) == 1:
+        instance_ids = run(batches[0])
+    else:
+        with concurrent.futures.ThreadPoolExecutor(LAUNCHERS, thread_name_prefix="ramsim-launch") as pool:
+            instance_ids = [i for launched in pool.map(run, batches) for i in launched]
+    progress.done()
+    wait_running(running, instance_ids, deadline, say)
     return instance_ids
 
 
-def wait_running(running: Cluster, instance_ids: list[str], deadline: float) -> None:
+class Progress:
+    """A plain progress line (``launched 2300/10000``) at most once a second, for long work only."""
+
+    def __init__(self, say: Callable[[str], None], what: str, total: int, every: float = 1.0) -> None:
+        self.say, self.what, self.total, self.every = say, what, total, every
+        self.count = 0
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+        self._shown = False
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+            if time.monotonic() - self._last >= self.every and self.count < self.total:
+                self._last = time.monotonic()
+                self._shown = True
+                self.say(f"{self.what} {self.count}/{self.total}")
+
+    def done(self) -> None:
+        if self._shown or self.total > RUN_BATCH:
+            self.say(f"{self.what} {self.count}/{self.total}")
+
+
+def wait_running(running: Cluster, instance_ids: list[str], deadline: float, say: Callable[[str], None] = lambda line: None) -> None:
+    """Until every one of ``instance_ids`` is Running (asked 100 at a time, the API's page)."""
+    waiting = list(instance_ids)
+    progress = Progress(say, "running", len(instance_ids))
     while True:
-        answer = running.call("ecs", "DescribeInstances", RegionId=running.file.region_id,
-                              InstanceIds=json.dumps(instance_ids), PageSize="100")
-        if all(i["Status"] == "Running" for i in answer["Instances"]["Instance"]):
+        still: list[str] = []
+        for start in range(0, len(waiting), RUN_BATCH):
+            chunk = waiting[start:start + RUN_BATCH]
+            answer = running.call("ecs", "DescribeInstances", RegionId=running.file.region_id,
+                                  InstanceIds=json.dumps(chunk), PageSize=str(RUN_BATCH))
+            status = {i["InstanceId"]: i["Status"] for i in answer["Instances"]["Instance"]}
+            still += [i for i in chunk if status.get(i) != "Running"]
+        progress.add(len(waiting) - len(still))
+        waiting = still
+        if not waiting:
+            progress.done()
             return
         if time.monotonic() > deadline:
-            raise UpError(f"instances not Running in time: {instance_ids}")
+            shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+            raise UpError(f"instances not Running in time: {shown}")
         time.sleep(0.05)
 
 
@@ -700,19 +773,25 @@ def cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per real second (default 1)")
     p.add_argument("--credential-lifetime", type=int, default=3600, help="seconds an instance credential lasts (default 3600)")
     p.add_argument("--refresh-before", type=int, default=1800, help="seconds before expiry that ECS refreshes it (default 1800)")
+    p.add_argument("--refresh-jitter", type=float, default=0.1,
+                   help="refresh each credential up to this fraction of --refresh-before earlier, at random, so instances "
+                        "attached together do not refresh together (default 0.1; 0: exactly --refresh-before early)")
 
 
 def options(args: argparse.Namespace, progress: bool) -> Options:
     """:class:`Options` from parsed ``up``/``demo`` arguments (:class:`UpError` when they cannot work)."""
+    if not 0 <= getattr(args, "refresh_jitter", 0.1) <= 1:
+        raise UpError("--refresh-jitter is a fraction of --refresh-before, from 0 to 1")
     if args.time_scale <= 0 or args.credential_lifetime <= 0 or not 0 <= args.refresh_before < args.credential_lifetime:
         raise UpError("--time-scale and --credential-lifetime must be > 0, and --refresh-before from 0 to less than "
                       f"--credential-lifetime ({args.credential_lifetime}): a credential is refreshed before it expires")
     return Options(state_dir=getattr(args, "state_dir", None) or Path(cluster.DEFAULT_STATE_DIR),
                    cluster_file=args.cluster_file, instances=getattr(args, "instances", 0),
-                   hosts=getattr(args, "hosts", 1), time_scale=args.time_scale,
+                   hosts=getattr(args, "hosts", None) or 0, time_scale=args.time_scale,
                    credential_lifetime=args.credential_lifetime, refresh_before=args.refresh_before,
+                   refresh_jitter=getattr(args, "refresh_jitter", 0.1),
                    log_format=getattr(args, "log_format", "json"), reset=getattr(args, "reset", False),
-                   metadata_mode=getattr(args, "metadata_mode", "port"),
+                   metadata_mode=getattr(args, "metadata_mode", None) or "",
                    ports={what: getattr(args, f"{what}_port", 0) or 0 for what in PORTS},
                    proxies=tuple(n for n in (getattr(args, "proxy", "") or "").split(",") if n),
                    broker=getattr(args, "broker", "") or "", broker_vhost=getattr(args, "broker_vhost", None),
@@ -735,7 +814,8 @@ def add_parser(sub: Any) -> None:
     cluster_options(p)
     p.add_argument("--cluster-file", type=Path, default=None, help="where to write the cluster file (default <state-dir>/cluster.json)")
     p.add_argument("--instances", type=int, default=1, help="instances to launch at start, without a role (default 1)")
-    p.add_argument("--hosts", type=int, default=1, help="simulated hosts, one metadata agent each (default 1)")
+    p.add_argument("--hosts", type=int, default=None,
+                   help=f"simulated hosts, one metadata agent each (default: one per {INSTANCES_PER_HOST} instances, at least one)")
     p.add_argument("--state-dir", type=Path, default=Path(cluster.DEFAULT_STATE_DIR),
                    help="the cluster's state (keys.json with its secrets, 0600; each service's <node>.db; OSS objects), logs "
                         "and generated config; one running cluster per directory (default .ramsim)")
@@ -766,14 +846,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--proxy", default="", metavar="NAMES",
                    help="children (e.g. ecs,metadata-host-1) that reach the broker through a TCP proxy in this process, "
                         "whose link an experiment can slow, break or partition (default none)")
-    p.add_argument("--metadata-mode", choices=("port", "netns"), default="port",
-                   help="port: each instance's metadata view is a loopback port (default); netns: each instance is a "
+    p.add_argument("--metadata-mode", choices=METADATA_MODES, default=None,
+                   help="port: each instance's metadata view is its own loopback port; shared: one loopback port per "
+                        "metadata agent, which tells its instances apart by the user name in the URL "
+                        "(http://<InstanceId>:@127.0.0.1:PORT, used as an HTTP proxy it arrives as Proxy-Authorization) or "
+                        "by a path prefix (http://127.0.0.1:PORT/<InstanceId>/latest/meta-data/); netns: each instance is a "
                         "network namespace (rsi-<id>) where http://100.100.100.200 answers by source address, so an "
-                        "unmodified SDK needs no proxy: `ip netns exec rsi-<id> <app>` (needs root and iproute2)")
+                        "unmodified SDK needs no proxy: `ip netns exec rsi-<id> <app>` (needs root and iproute2). "
+                        f"Default: shared above {SHARED_ABOVE} instances, else port")
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.instances < 0 or args.hosts < 1 or args.sts_workers < 1:
+    if args.instances < 0 or (args.hosts is not None and args.hosts < 1) or args.sts_workers < 1:
         raise UpError("--instances must be >= 0, --hosts and --sts-workers >= 1")
     if not all(0 <= getattr(args, f"{what}_port") <= 65535 for what in (*PORTS, "console")):
         raise UpError("a --*-port is 1-65535 (or 0: any free port)")

@@ -37,7 +37,8 @@ from protocol.times import iso, parse_iso
 from services.ecs import describe
 from services.ram import explain, policy
 from services.ram.cache import Entry, PolicyCache
-from services.runtime.effects import Effect, Log, Publish, Reply, Request, dispatch
+from services.runtime import paging
+from services.runtime.effects import Effect, Log, Publish, Reply, Request, Send, dispatch
 
 NAME = "ecs"
 SERVICE_PRINCIPAL = "ecs.aliyuncs.com"
@@ -47,6 +48,9 @@ RESTART_SPREAD = 0.01  # simulated seconds per overdue refresh after a restart (
 MAX_USER_DATA = 32 * 1024
 MAX_TAGS = 20
 MAX_ATTACH_POLICY = 1024  # AttachInstanceRamRole's Policy, as Alibaba documents it
+BATCH_VIEWS = 100  # views per InstancesChanged (one message per host and step, in pieces of this many)
+REGISTER_PAGE = 100  # views per RegisterHostOk page (a host of 2,000 instances does not fit one message)
+MAX_ENDPOINTS = 1000  # DescribeInstanceMetadataEndpoints' MaxResults (its default and its limit)
 
 
 def _metadata_options(http_tokens: str, http_endpoint: str) -> Error | None:
@@ -116,6 +120,8 @@ class AttachOp:
     role_name: str
     results: dict[str, m.RamRoleResult]
     waiting: set[str] = field(default_factory=set)
+    ready: list[str] = field(default_factory=list)  # issued, its view held back until the whole batch is (one message per host)
+    events: list[Effect] = field(default_factory=list)  # their events, which follow their views
 
 
 @dataclass
@@ -127,6 +133,13 @@ class Fetch:
     op: AttachOp | None = None
 
 
+@dataclass
+class Fetches:
+    """One AssumeRoles for several instances' credentials (a batch attach, refreshes due together)."""
+
+    fetches: list[Fetch]
+
+
 class EcsCore:
     node_id = NAME
     ROWS: dict[str, type] = {"instances": InstanceRecord, "meta": EcsMeta}
@@ -136,8 +149,9 @@ class EcsCore:
                              if isinstance(t, type) and issubclass(t, msgspec.Struct) and "generation" in t.__struct_fields__)})
 
     def __init__(self, *, account_id: str, region_id: str, zone_id: str, credential_lifetime: int,
-                 refresh_before: int, entropy: Callable[[int], bytes]) -> None:
+                 refresh_before: int, entropy: Callable[[int], bytes], refresh_jitter: float = 0.0) -> None:
         self.account_id = account_id
+        self.refresh_jitter = refresh_jitter  # a refresh comes up to this fraction of refresh_before earlier, at random
         self.region_id = region_id
         self.zone_id = zone_id
         self.credential_lifetime = credential_lifetime
@@ -151,9 +165,11 @@ class EcsCore:
         self._next_host = 0
         self._order: list[InstanceRecord] = []
         self._due: list[tuple[float, str]] = []  # (due_at, instance id), lazily pruned: the next refresh without a scan
+        self._dirty: set[str] = set()  # instances changed since the driver last took the changed rows
         self._table = {
             m.RegisterHost: self._register_host,
             m.InstanceEndpointReady: self._endpoint_ready,
+            m.InstanceEndpointsReady: self._endpoints_ready,
             m.RunInstances: self._api(self._run_instances),
             m.AttachInstanceRamRole: self._api(self._attach),
             m.DetachInstanceRamRole: self._api(self._detach),
@@ -170,11 +186,20 @@ class EcsCore:
     def handle(self, msg: Envelope, now: float) -> list[Effect]:
         if self.cache.observed(msg):  # a RAM change: cached decisions may be stale
             return []
-        return dispatch(self._table, msg, now, product=NAME)
+        return _batched(dispatch(self._table, msg, now, product=NAME))
 
     def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
+        return _batched(self._on_reply(context, body, now))
+
+    def _on_reply(self, context: object, body: object, now: float) -> list[Effect]:
         if isinstance(context, Fetch):
             return self._fetched(context, body, now)
+        if isinstance(context, Fetches):
+            if isinstance(body, sts.AssumeRolesOk) and len(body.results) == len(context.fetches):
+                answers: list[object] = [r.ok if r.ok is not None else (r.error or errors.internal_error()) for r in body.results]
+            else:  # the whole batch failed (a timeout, STS away): each instance retries as a single fetch would
+                answers = [body] * len(context.fetches)
+            return [e for fetch, answer in zip(context.fetches, answers) for e in self._fetched(fetch, answer, now)]
         assert isinstance(context, Gate)
         if isinstance(body, Error):
             if body.code == "EntityNotExist.Role":
@@ -183,11 +208,13 @@ class EcsCore:
         return context.then(body, now)
 
     def on_timer(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
+        due: list[InstanceRecord] = []
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, instance_id = heapq.heappop(self._due)
-            effects += self._fetch(self.instances[instance_id], None)
-        return effects
+            record = self.instances[instance_id]
+            record.due_at = None  # taken: next_deadline no longer offers it
+            due.append(record)
+        return _batched(self._fetch_all(due, None))
 
     def next_deadline(self) -> float | None:
         """The earliest due refresh; entries the record no longer agrees with are dropped as found."""
@@ -202,12 +229,31 @@ class EcsCore:
 
     def _schedule(self, record: InstanceRecord, at: float) -> None:
         record.due_at = at
+        self._dirty.add(record.instance.instance_id)
         heapq.heappush(self._due, (at, record.instance.instance_id))
+
+    def _refresh_at(self, expires_at: float, now: float) -> float:
+        """When to refresh a credential expiring at ``expires_at``: ``refresh_before`` ahead, and
+        up to ``refresh_jitter`` of that earlier again (from the entropy source), so instances
+        attached together do not all refresh together; never later. Half its remaining life
+        when that moment has passed already (a credential shorter than ``refresh_before``)."""
+        at = expires_at - self.refresh_before
+        if self.refresh_jitter > 0:
+            at -= self.refresh_before * self.refresh_jitter * self._jitter()
+        return at if at > now else now + (expires_at - now) / 2
 
     # -- durable state --------------------------------------------------------------------
     def dump(self) -> dict[str, dict[str, object]]:
-        return {"instances": dict(self.instances),
-                "meta": {"ecs": EcsMeta(list(self.hosts), self._next_host, self.vpc_id, self.vswitch_id)}}
+        return {"instances": dict(self.instances), "meta": {"ecs": self._meta()}}
+
+    def changed_rows(self) -> dict[str, dict[str, object]]:
+        """The rows that may have changed since the last call (the driver encodes only these:
+        a step of a 10,000-instance ECS costs the instances it touched, not all of them)."""
+        dirty, self._dirty = self._dirty, set()
+        return {"instances": {i: self.instances[i] for i in dirty if i in self.instances}, "meta": {"ecs": self._meta()}}
+
+    def _meta(self) -> EcsMeta:
+        return EcsMeta(list(self.hosts), self._next_host, self.vpc_id, self.vswitch_id)
 
     def load(self, rows: dict[str, dict], now: float) -> list[Effect]:
         """Restore instances and hosts; schedule what is overdue (or was in flight) at once, spread."""
@@ -222,6 +268,7 @@ class EcsCore:
         window = min(self.refresh_before / 4, RESTART_SPREAD * len(overdue))
         for record in overdue:
             record.due_at = now + window * self._jitter()
+            self._dirty.add(record.instance.instance_id)
         self._due = [(r.due_at, i) for i, r in self.instances.items() if r.due_at is not None]
         heapq.heapify(self._due)
         return [Log("instances_restored", "info", {"instances": len(self.instances), "overdue": len(overdue),
@@ -240,9 +287,16 @@ class EcsCore:
                     Log("register_host_refused", "warning", {"src": msg.src, "host_id": body.host_id})]
         if body.host_id not in self.hosts:
             self.hosts.append(body.host_id)
-        views = [self.view(r) for r in self.instances.values() if r.host_id == body.host_id]
-        return [Reply(msg, m.RegisterHostOk(instances=views)),
-                Log("host_registered", "info", {"host_id": body.host_id, "instances": len(views)})]
+        hosted = [r for r in self.instances.values() if r.host_id == body.host_id]
+        start = 0
+        if body.after:
+            start = next((n + 1 for n, r in enumerate(hosted) if r.instance.instance_id == body.after), 0)
+        views = [self.view(r) for r in hosted[start:start + REGISTER_PAGE]]
+        more = start + REGISTER_PAGE < len(hosted)
+        reply = m.RegisterHostOk(instances=views, next_after=views[-1].instance_id if more and views else "")
+        if start:
+            return [Reply(msg, reply)]
+        return [Reply(msg, reply), Log("host_registered", "info", {"host_id": body.host_id, "instances": len(hosted)})]
 
     def _endpoint_ready(self, msg: Envelope, now: float) -> list[Effect]:
         body = msg.body
@@ -250,12 +304,39 @@ class EcsCore:
         record = self.instances.get(body.instance_id)
         if record is None or record.host_id != body.host_id or msg.src != _agent(body.host_id):
             return [Log("endpoint_unknown_instance", "warning", {"instance_id": body.instance_id, "host_id": body.host_id})]
-        record.endpoint_url = body.url
+        if self._serving_at(record, body.url, now):
+            return [Log("instance_running", "info", {"instance_id": body.instance_id, "url": body.url})]
+        return []
+
+    def _endpoints_ready(self, msg: Envelope, now: float) -> list[Effect]:
+        """Several instances' views serve (one message per agent step): one log line, not one each."""
+        body = msg.body
+        assert isinstance(body, m.InstanceEndpointsReady)
+        if msg.src != _agent(body.host_id):
+            return [Log("endpoint_unknown_instance", "warning", {"instances": len(body.endpoints), "host_id": body.host_id})]
+        running = unknown = 0
+        for e in body.endpoints:
+            record = self.instances.get(e.instance_id)
+            if record is None or record.host_id != body.host_id:
+                unknown += 1
+            elif self._serving_at(record, e.url, now):
+                running += 1
+        effects: list[Effect] = []
+        if running:
+            effects.append(Log("instances_running", "info", {"host_id": body.host_id, "instances": running}))
+        if unknown:
+            effects.append(Log("endpoint_unknown_instance", "warning", {"host_id": body.host_id, "instances": unknown}))
+        return effects
+
+    def _serving_at(self, record: InstanceRecord, url: str, now: float) -> bool:
+        """The instance's view serves at ``url``; True when that makes it Running."""
+        record.endpoint_url = url
+        self._dirty.add(record.instance.instance_id)
         if record.instance.status == "Pending":
             record.instance = replace(record.instance, status="Running")
             record.start_time = iso(now)[:-4] + "Z"
-            return [Log("instance_running", "info", {"instance_id": body.instance_id, "url": body.url})]
-        return []
+            return True
+        return False
 
     def view(self, r: InstanceRecord) -> m.InstanceView:
         i = r.instance
@@ -268,7 +349,10 @@ class EcsCore:
             ram_role_name=r.role_name if serving else "", credentials=r.credentials, endpoint_url=r.endpoint_url)
 
     def _push(self, record: InstanceRecord) -> Effect:
+        """The record's new view for its host (one :class:`Publish`; :func:`_batched` folds a
+        step's views for one host into one message)."""
         record.generation += 1
+        self._dirty.add(record.instance.instance_id)
         return Publish(topics.instance(record.host_id, record.instance.instance_id), m.InstanceChanged(view=self.view(record)))
 
     # -- API plumbing ---------------------------------------------------------------------
@@ -369,6 +453,7 @@ class EcsCore:
         assert isinstance(body, m.RunInstances)
         effects: list[Effect] = []
         launched: list[str] = []
+        binding: list[InstanceRecord] = []
         for _ in range(body.amount):
             instance_id = ids.instance_id(self._entropy(20))
             host_id = self.hosts[self._next_host % len(self.hosts)]
@@ -386,7 +471,8 @@ class EcsCore:
             effects.append(self._push(record))
             if role is not None:
                 self._bind(record, role, "")
-                effects += self._fetch(record, None)
+                binding.append(record)
+        effects += self._fetch_all(binding, None)
         effects.append(Log("instances_launched", "info", {"instance_ids": launched, "role": role.role_name if role else ""}))
         return [Reply(msg, m.RunInstancesOk(instance_id_sets=m.InstanceIdSets(instance_id_set=launched))), *effects]
 
@@ -455,7 +541,7 @@ class EcsCore:
         body = msg.body
         assert isinstance(body, m.AttachInstanceRamRole)
         op = AttachOp(msg, role.role_name, {})
-        effects: list[Effect] = []
+        binding: list[InstanceRecord] = []
         for instance_id in instance_ids:
             record = self.instances.get(instance_id)
             if record is None:
@@ -465,22 +551,31 @@ class EcsCore:
                                                           message=f"The instance already has RAM role {record.role_name}; detach it first.")
             else:
                 self._bind(record, role, body.policy)
-                effects += self._fetch(record, op)
+                binding.append(record)
                 op.waiting.add(instance_id)
-        return effects if op.waiting else self._attach_reply(op)
+                op.results[instance_id] = m.RamRoleResult(instance_id=instance_id, code="", message="", success=False)  # its place
+        return self._fetch_all(binding, op) if op.waiting else self._attach_reply(op)
 
     def _bind(self, record: InstanceRecord, role: ram.Role, session_policy: str) -> None:
         """Attach ``role``; it serves once its first credential arrives."""
         record.role_name, record.role_arn, record.session_policy = role.role_name, role.arn, session_policy
         record.attachment += 1
         record.credentials = None
+        self._dirty.add(record.instance.instance_id)
 
     def _attach_reply(self, op: AttachOp) -> list[Effect]:
+        """The views of the instances the batch issued credentials to (together: one message per
+        host), then the reply."""
+        views: list[Effect] = []
+        for instance_id in op.ready:
+            record = self.instances.get(instance_id)
+            if record is not None and record.credentials is not None:
+                views.append(self._push(record))
         results = [op.results[i] for i in op.results]
         failed = sum(1 for r in results if not r.success)
         reply = m.AttachInstanceRamRoleOk(total_count=len(results), fail_count=failed, ram_role_name=op.role_name,
                                           attach_instance_ram_role_results=m.AttachResults(attach_instance_ram_role_result=results))
-        return [Reply(op.request, reply)]
+        return [*views, *op.events, Reply(op.request, reply)]
 
     def _detach(self, msg: Envelope, now: float) -> list[Effect] | Error:
         body = msg.body
@@ -524,12 +619,28 @@ class EcsCore:
 
     # -- credentials ----------------------------------------------------------------------
     def _fetch(self, record: InstanceRecord, op: AttachOp | None) -> list[Effect]:
+        assume, fetch = self._assume(record, op)
+        return [Request("sts", assume, fetch)]
+
+    def _fetch_all(self, records: list[InstanceRecord], op: AttachOp | None) -> list[Effect]:
+        """Credentials for ``records``: one AssumeRole for one, else one AssumeRoles per
+        :data:`MAX_INSTANCE_IDS` (one round trip to STS, which asks RAM once per role)."""
+        if len(records) == 1:
+            return self._fetch(records[0], op)
+        effects: list[Effect] = []
+        for start in range(0, len(records), MAX_INSTANCE_IDS):
+            pairs = [self._assume(r, op) for r in records[start:start + MAX_INSTANCE_IDS]]
+            effects.append(Request("sts", sts.AssumeRoles(requests=[a for a, _ in pairs]), Fetches([f for _, f in pairs])))
+        return effects
+
+    def _assume(self, record: InstanceRecord, op: AttachOp | None) -> tuple[sts.AssumeRole, Fetch]:
         record.due_at = None
+        self._dirty.add(record.instance.instance_id)
         assume = sts.AssumeRole(role_arn=record.role_arn,
                                 role_session_name=record.instance.instance_id,
                                 duration_seconds=self.credential_lifetime, policy=record.session_policy,
                                 caller=self.principal())
-        return [Request("sts", assume, Fetch(record.instance.instance_id, record.attachment, op))]
+        return assume, Fetch(record.instance.instance_id, record.attachment, op)
 
     def _fetched(self, fetch: Fetch, body: object, now: float) -> list[Effect]:
         record = self.instances.get(fetch.instance_id)
@@ -544,16 +655,20 @@ class EcsCore:
             first = record.credentials is None
             record.credentials = m.InstanceCredentials(access_key_id=c.access_key_id, access_key_secret=c.access_key_secret,
                                                        security_token=c.security_token, expiration=expires_at, last_updated=now)
-            refresh_at = expires_at - self.refresh_before
-            self._schedule(record, refresh_at if refresh_at > now else now + (expires_at - now) / 2)
+            self._schedule(record, self._refresh_at(expires_at, now))
             record.failures = 0
-            effects.append(self._push(record))
+            events: list[Effect] = []
             if first:
-                effects.append(Publish(topics.event(NAME, "RoleAttachedToInstance"),
-                                       m.RoleAttachedToInstance(instance_id=fetch.instance_id, ram_role_name=record.role_name)))
-            effects.append(Publish(topics.event(NAME, "InstanceCredentialsRefreshed"),
-                                   m.InstanceCredentialsRefreshed(instance_id=fetch.instance_id, ram_role_name=record.role_name,
-                                                                  access_key_id=c.access_key_id, expiration=expires_at)))
+                events.append(Publish(topics.event(NAME, "RoleAttachedToInstance"),
+                                      m.RoleAttachedToInstance(instance_id=fetch.instance_id, ram_role_name=record.role_name)))
+            events.append(Publish(topics.event(NAME, "InstanceCredentialsRefreshed"),
+                                  m.InstanceCredentialsRefreshed(instance_id=fetch.instance_id, ram_role_name=record.role_name,
+                                                                 access_key_id=c.access_key_id, expiration=expires_at)))
+            if fetch.op is not None:  # its view and events go with the rest of its batch (_attach_reply)
+                fetch.op.ready.append(fetch.instance_id)
+                fetch.op.events += events
+            else:
+                effects += [self._push(record), *events]
             ok = True
         else:
             reason = body.message if isinstance(body, Error) else type(body).__name__
@@ -633,14 +748,20 @@ class EcsCore:
     def _describe_endpoints(self, msg: Envelope, now: float) -> list[Effect] | Error:
         body = msg.body
         assert isinstance(body, m.DescribeInstanceMetadataEndpoints)
-        selected = self._selected(body.instance_ids) if body.instance_ids else list(self.instances.values())
+        if not 0 <= body.max_results <= MAX_ENDPOINTS:
+            return errors.invalid_parameter("MaxResults", f"MaxResults must be 1-{MAX_ENDPOINTS}.")
+        selected = self._selected(body.instance_ids) if body.instance_ids else self._ordered()
         if isinstance(selected, Error):
             return selected
-        endpoints = [m.MetadataEndpoint(instance_id=r.instance.instance_id, host_id=r.host_id, url=r.endpoint_url)
-                     for r in selected if r.endpoint_url]
+        serving = [r for r in selected if r.endpoint_url]
+        found = paging.page(serving, lambda r: r.instance.instance_id, body.next_token, body.max_results or MAX_ENDPOINTS)
+        if found is None:
+            return errors.invalid_parameter("NextToken", "It is not a token this API returned.")
+        listed, token = found
+        endpoints = [m.MetadataEndpoint(instance_id=r.instance.instance_id, host_id=r.host_id, url=r.endpoint_url) for r in listed]
 
         def reply(now: float) -> list[Effect]:
-            return [Reply(msg, m.DescribeInstanceMetadataEndpointsOk(endpoints=endpoints))]
+            return [Reply(msg, m.DescribeInstanceMetadataEndpointsOk(endpoints=endpoints, next_token=token))]
 
         return self._authorize(msg, now, [ram.Check(action="ecs:DescribeInstances", resource=self._arn("*"))], reply)
 
@@ -648,3 +769,28 @@ class EcsCore:
 def _agent(host_id: str) -> str:
     """The node id of a host's metadata agent (the sender of its RegisterHost and endpoints)."""
     return f"metadata-{host_id}"
+
+
+def _batched(effects: list[Effect]) -> list[Effect]:
+    """A step's views for one host in one message: the :class:`InstanceChanged` publishes of a
+    host (two or more) become :class:`InstancesChanged` direct messages to its agent, in pieces
+    of :data:`BATCH_VIEWS`, where the first of them stood (so the hosts still hear of a change
+    before the caller does). A lone view stays a publish on its instance topic."""
+    by_host: dict[str, list[m.InstanceView]] = {}
+    for e in effects:
+        if isinstance(e, Publish) and isinstance(e.body, m.InstanceChanged):
+            by_host.setdefault(e.body.view.host_id, []).append(e.body.view)
+    if all(len(views) < 2 for views in by_host.values()):
+        return effects
+    out: list[Effect] = []
+    placed: set[str] = set()
+    for e in effects:
+        if isinstance(e, Publish) and isinstance(e.body, m.InstanceChanged) and len(by_host[e.body.view.host_id]) > 1:
+            host = e.body.view.host_id
+            if host not in placed:
+                placed.add(host)
+                views = by_host[host]
+                out += [Send(_agent(host), m.InstancesChanged(views=views[i:i + BATCH_VIEWS])) for i in range(0, len(views), BATCH_VIEWS)]
+            continue
+        out.append(e)
+    return out

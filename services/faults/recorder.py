@@ -344,9 +344,11 @@ class Recorder:
     async def refresh_endpoints(self, *, timeout: float | None = None) -> None:
         """Read DescribeInstanceMetadataEndpoints again: new instances, moved listeners."""
         self._last_refresh = time.monotonic()
-        answer = await asyncio.to_thread(api.call, self.cluster.file.gateway_url, "ecs", "DescribeInstanceMetadataEndpoints",
-                                         {}, self.cluster.credential, timeout=timeout or self.api_timeout)
-        for e in answer.get("Endpoints", []):
+        from services.cli.instances import metadata_endpoints
+
+        endpoints = await asyncio.to_thread(metadata_endpoints, self.cluster.file.gateway_url, self.cluster.credential,
+                                            timeout or self.api_timeout)
+        for e in endpoints:
             instance_id, url = e["InstanceId"], loopback(e["Url"])
             if self.wanted is not None and instance_id not in self.wanted:
                 continue

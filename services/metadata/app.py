@@ -8,13 +8,14 @@ from typing import AsyncIterator, Sequence
 
 from protocol.messages import ecs
 from services.metadata.core import MetadataCore
-from services.metadata.http import Listeners
+from services.metadata.http import Listeners, SharedListener
 from services.metadata.netns import NamespaceError, NamespaceListeners
 from services.runtime import service
 from services.runtime.driver import Driver
 from services.runtime.entropy import Entropy
 from services.runtime.settings import Settings
 
+ANNOUNCE_BATCH = 500  # endpoints per InstanceEndpointsReady (well under the bus's message limit)
 DESCRIPTION = "Metadata agent: serves 100.100.100.200 for the instances of one simulated host."
 
 
@@ -30,6 +31,15 @@ async def http_listeners(driver: Driver, settings: Settings) -> AsyncIterator[No
     async def announce(instance_id: str, url: str) -> None:
         await driver.endpoint.send("ecs", ecs.InstanceEndpointReady(instance_id=instance_id, host_id=core.host_id, url=url))
 
+    async def announce_many(endpoints: Sequence[tuple[str, str]]) -> None:
+        """Tell ECS where views serve: one message per :data:`ANNOUNCE_BATCH`, not one per instance."""
+        if len(endpoints) == 1:
+            await announce(*endpoints[0])
+            return
+        for start in range(0, len(endpoints), ANNOUNCE_BATCH):
+            await driver.endpoint.send("ecs", ecs.InstanceEndpointsReady(host_id=core.host_id, endpoints=[
+                ecs.MetadataEndpoint(instance_id=i, host_id=core.host_id, url=url) for i, url in endpoints[start:start + ANNOUNCE_BATCH]]))
+
     listeners: Listeners | NamespaceListeners
     if settings.metadata_mode == "netns":
         try:
@@ -39,8 +49,11 @@ async def http_listeners(driver: Driver, settings: Settings) -> AsyncIterator[No
             raise SystemExit(f"metadata agent: {exc}") from None
     elif settings.metadata_mode == "port":
         listeners = Listeners(core, driver.clock, settings.http_host, announce, settings.gateway_url)
+        listeners.announce_many = announce_many
+    elif settings.metadata_mode == "shared":
+        listeners = SharedListener(core, driver.clock, settings.http_host, announce, settings.gateway_url, announce_many)
     else:
-        raise SystemExit(f"metadata agent: --metadata-mode must be port or netns, not {settings.metadata_mode!r}")
+        raise SystemExit(f"metadata agent: --metadata-mode must be port, shared or netns, not {settings.metadata_mode!r}")
     driver.after_step = listeners.reconcile
     try:
         yield

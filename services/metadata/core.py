@@ -28,6 +28,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -41,6 +42,7 @@ from services.runtime.effects import Effect, Log, Request, dispatch
 TOKEN_TTL_HEADER = "x-aliyun-ecs-metadata-token-ttl-seconds"
 TOKEN_HEADER = "x-aliyun-ecs-metadata-token"
 MAX_TOKEN_TTL = 21600
+TREES = 256  # rendered metadata trees kept (the instances read last); see MetadataCore._rendered
 
 
 @dataclass(frozen=True)
@@ -55,18 +57,31 @@ NOT_FOUND = Answer(404, "Not Found")
 CREDENTIAL_UNAVAILABLE = "CredentialUnavailable"  # Code of the answer for a role whose newest credential expired
 
 
+def _credential_json(view: m.InstanceView) -> str:
+    c = view.credentials
+    assert c is not None
+    return json.dumps({
+        "AccessKeyId": c.access_key_id, "AccessKeySecret": c.access_key_secret,
+        "Expiration": iso(c.expiration), "SecurityToken": c.security_token,
+        "LastUpdated": iso(c.last_updated), "Code": "Success",
+    }, indent=2)
+
+
 class MetadataCore:
     def __init__(self, *, host_id: str, token_key: bytes) -> None:
         self.host_id = host_id
         self.node_id = f"metadata-{host_id}"
         self._token_key = token_key
         self.views: dict[str, m.InstanceView] = {}
-        self._trees: dict[str, tuple[int, dict[str, str]]] = {}  # rendered per view generation (the hot path)
+        self._trees: OrderedDict[str, tuple[int, dict[str, str]]] = OrderedDict()  # the last TREES rendered (per generation)
+        self._credentials: dict[str, tuple[int, str]] = {}  # the credential document per view generation (the hot path)
         self.registered = 0  # how many times ECS answered RegisterHost (re-announce endpoints each time)
         self._registering = False
-        self._table = {m.InstanceChanged: self._instance_changed}
+        self._received = 0  # views received so far in this registration (its pages)
+        self._table = {m.InstanceChanged: self._instance_changed, m.InstancesChanged: self._instances_changed}
         self.refused = 0  # credential reads answered 503: the role's newest credential had expired
         self._refusing: dict[str, tuple[str, int]] = {}  # instance id -> (expired AccessKeyId, reads refused)
+        self._touched: set[str] = set()  # instances whose view changed since the shell last asked (take_touched)
 
     # -- the Core protocol ----------------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -93,11 +108,17 @@ class MetadataCore:
         return [Log("host_resync", "info", {}), Request("ecs", m.RegisterHost(host_id=self.host_id), "register")]
 
     def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
-        self._registering = False
         if isinstance(body, m.RegisterHostOk):
             restored = [log for view in body.instances if self._apply(view) for log in self._restored(view, now)]
+            self._received += len(body.instances)
+            if body.next_after:  # a page of a large host: ask for the next one (still registering)
+                return [*restored, Request("ecs", m.RegisterHost(host_id=self.host_id, after=body.next_after), "register")]
+            received, self._received = self._received, 0
+            self._registering = False
             self.registered += 1
-            return [Log("host_registered", "info", {"instances": len(body.instances)}), *restored]
+            return [Log("host_registered", "info", {"instances": received}), *restored]
+        self._registering = False
+        self._received = 0
         reason = body.message if isinstance(body, Error) else type(body).__name__
         # Not registered yet: ask again (a timeout already paced this attempt).
         return [Log("register_failed", "warning", {"reason": reason}), *self.on_timer(now)]
@@ -114,6 +135,27 @@ class MetadataCore:
         return [Log("instance_view_applied" if applied else "instance_view_stale", "info",
                     {"instance_id": view.instance_id, "generation": view.generation, "role": view.ram_role_name}),
                 *(self._restored(view, now) if applied else [])]
+
+    def _instances_changed(self, msg: Envelope, now: float) -> list[Effect]:
+        """Several views at once (ECS's direct message after a batch): each applied as one
+        :class:`InstanceChanged` would be, with one log line for the batch."""
+        body = msg.body
+        assert isinstance(body, m.InstancesChanged)
+        if msg.src != "ecs":
+            return [Log("view_not_from_ecs", "warning", {"src": msg.src, "instances": len(body.views)})]
+        effects: list[Effect] = []
+        applied = stale = foreign = 0
+        for view in body.views:
+            if view.host_id != self.host_id:
+                foreign += 1
+            elif self._apply(view):
+                applied += 1
+                effects += self._restored(view, now)
+            else:
+                stale += 1
+        if foreign:
+            effects.append(Log("view_for_other_host", "warning", {"instances": foreign}))
+        return [Log("instance_views_applied", "info", {"applied": applied, "stale": stale}), *effects]
 
     def _restored(self, view: m.InstanceView, now: float) -> list[Effect]:
         """A new view ends a run of refused reads when it brings a credential valid at ``now``
@@ -132,12 +174,18 @@ class MetadataCore:
         if current is not None and current.generation >= view.generation:
             return False
         self.views[view.instance_id] = view
+        self._touched.add(view.instance_id)
         return True
 
     @property
     def ready(self) -> bool:
         """Ready once ECS has answered RegisterHost: before that, ECS cannot place instances here."""
         return self.registered > 0
+
+    def take_touched(self) -> set[str]:
+        """The instances whose view changed since the last call (the shell reconciles only those)."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     def serving(self) -> set[str]:
         """The instances whose metadata view should be listening."""
@@ -170,11 +218,13 @@ class MetadataCore:
         parts = path.split("/")
         if len(parts) >= 2 and parts[0] == "meta-data" and parts[1].lower() == "ram":
             parts[1] = "ram"
-        tree = self._rendered(view)
         key = "/".join(parts)
         c = view.credentials
-        if c is not None and c.expiration <= now and key == f"meta-data/ram/security-credentials/{view.ram_role_name}":
-            return self._unavailable(view, c, now)
+        if c is not None and view.ram_role_name and key == f"meta-data/ram/security-credentials/{view.ram_role_name}":
+            if c.expiration <= now:
+                return self._unavailable(view, c, now)
+            return Answer(200, self._credential_document(view), "application/json")
+        tree = self._rendered(view)
         if key in tree:
             return Answer(200, tree[key], "application/json" if tree[key].startswith("{") else "text/plain")
         prefix = key if key.endswith("/") or not key else key + "/"
@@ -202,10 +252,23 @@ class MetadataCore:
         return Answer(503, body, "application/json", log)
 
     def _rendered(self, view: m.InstanceView) -> dict[str, str]:
-        """The view's tree, rendered once per generation: a view never changes, it is replaced."""
+        """The view's tree, rendered once per generation (a view never changes, it is replaced)
+        and kept for the :data:`TREES` instances read last: a tree is ~4 KB, which 10,000
+        instances need not hold all the time. The credential document, what SDKs read over and
+        over, is kept for every instance (:meth:`_credential_document`)."""
         cached = self._trees.get(view.instance_id)
         if cached is None or cached[0] != view.generation:
             cached = self._trees[view.instance_id] = (view.generation, self._tree(view))
+            while len(self._trees) > TREES:
+                self._trees.popitem(last=False)
+        else:
+            self._trees.move_to_end(view.instance_id)
+        return cached[1]
+
+    def _credential_document(self, view: m.InstanceView) -> str:
+        cached = self._credentials.get(view.instance_id)
+        if cached is None or cached[0] != view.generation:
+            cached = self._credentials[view.instance_id] = (view.generation, _credential_json(view))
         return cached[1]
 
     def _tree(self, view: m.InstanceView) -> dict[str, str]:
@@ -238,12 +301,7 @@ class MetadataCore:
             except ValueError:
                 tree["user-data"] = view.user_data
         if view.ram_role_name and view.credentials is not None:
-            c = view.credentials
-            tree[f"meta-data/ram/security-credentials/{view.ram_role_name}"] = json.dumps({
-                "AccessKeyId": c.access_key_id, "AccessKeySecret": c.access_key_secret,
-                "Expiration": iso(c.expiration), "SecurityToken": c.security_token,
-                "LastUpdated": iso(c.last_updated), "Code": "Success",
-            }, indent=2)
+            tree[f"meta-data/ram/security-credentials/{view.ram_role_name}"] = self._credential_document(view)
         return tree
 
     # -- hardened mode tokens -------------------------------------------------------------

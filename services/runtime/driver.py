@@ -268,13 +268,30 @@ class Driver:
         return effects
 
     def _changes(self) -> dict[str, dict[str, bytes | None]]:
-        dump = self.core.dump()  # type: ignore[attr-defined]
+        """The rows whose bytes differ from the ones last committed (None: deleted). A core with
+        ``changed_rows()`` names the rows a step may have changed (a missing table there is
+        unchanged, a row given as None is deleted), so only those are encoded and compared;
+        otherwise every row of ``dump()`` is."""
+        partial = getattr(self.core, "changed_rows", None)
+        dump = partial() if partial is not None else self.core.dump()  # type: ignore[attr-defined]
         changes: dict[str, dict[str, bytes | None]] = {}
         for table in self.core.ROWS:  # type: ignore[attr-defined]
             old = self._written.setdefault(table, {})
-            encoded = {key: self._encoder.encode(row) for key, row in dump.get(table, {}).items()}
-            diff: dict[str, bytes | None] = {k: b for k, b in encoded.items() if old.get(k) != b}
-            diff.update({k: None for k in old.keys() - encoded.keys()})
+            rows = dump.get(table)
+            if rows is None:
+                continue
+            encode = self._encoder.encode
+            diff: dict[str, bytes | None] = {}
+            for key, row in rows.items():
+                if row is None:
+                    if key in old:
+                        diff[key] = None
+                    continue
+                b = encode(row)
+                if old.get(key) != b:
+                    diff[key] = b
+            if partial is None:
+                diff.update({k: None for k in old.keys() - rows.keys()})
             if diff:
                 changes[table] = diff
         return changes

@@ -36,8 +36,12 @@ class Settings:
     http_host: str = _opt("127.0.0.1", "address HTTP servers listen on")
     http_port: int = _opt(0, "gateway: HTTP port (0: any free port)")
     gateway_url: str = _opt("", "metadata agent: where its proxy sends requests for hosts other than 100.100.100.200")
-    metadata_mode: str = _opt("port", "metadata agent: port (a loopback port per instance) or netns (a network "
-                                      "namespace per instance reaching 100.100.100.200; needs root)")
+    metadata_mode: str = _opt("port", "metadata agent: port (a loopback port per instance), shared (one loopback port "
+                                      "for all of the host's instances, named as http://<InstanceId>:@host:port or by a "
+                                      "/<InstanceId>/ path prefix) or netns (a network namespace per instance reaching "
+                                      "100.100.100.200; needs root)")
+    refresh_jitter: float = _opt(0.1, "ECS: refresh each credential up to this fraction of --refresh-before earlier, "
+                                      "at random, so instances attached together do not refresh together")
     root_access_key_id: str = _opt("", "RAM: the root identity's AccessKeyId", secret=True)
     root_access_key_secret: str = _opt("", "RAM: the root identity's AccessKeySecret", secret=True)
     sts_key_rotation: float = _opt(21600.0, "STS: seconds between token key rotations (old keys verify until their tokens expire)")

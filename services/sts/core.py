@@ -31,6 +31,7 @@ SESSION_NAME = re.compile(r"^[a-zA-Z0-9.@\-_]{2,64}\Z")
 MIN_DURATION = 900
 MAX_POLICY = 2048
 NO_PERMISSION = "You are not authorized to do this action. You should be authorized by RAM."
+MAX_BATCH = 100  # AssumeRoles: as many as one AttachInstanceRamRole names
 
 
 @dataclass
@@ -39,6 +40,23 @@ class Assume:
 
     request: Envelope
     role: ram.Role | None = None
+
+
+@dataclass
+class Batch:
+    """An AssumeRoles waiting for RAM: its answers so far, and how many role lookups are out."""
+
+    request: Envelope
+    results: list[m.AssumeRoleResult]
+    waiting: int = 0
+
+
+@dataclass
+class BatchRole:
+    """One role lookup of a :class:`Batch`: the positions of the requests that assume it."""
+
+    batch: Batch
+    positions: list[int]
 
 
 class StsCore:
@@ -52,6 +70,7 @@ class StsCore:
         self._entropy = entropy
         self._table = {
             m.AssumeRole: self._assume_role,
+            m.AssumeRoles: self._assume_roles,
             m.GetCallerIdentity: self._get_caller_identity,
             common.Authenticate: self._authenticate,
         }
@@ -105,7 +124,55 @@ class StsCore:
                 return error("InvalidParameter.PolicyGrammar", f"The parameter Policy has not passed grammar check: {exc}")
         return None
 
+    def _assume_roles(self, msg: Envelope, now: float) -> list[Effect]:
+        """ECS's batch: each request checked as AssumeRole checks it, one GetRole per distinct
+        role, one reply with every answer in order (and a RoleAssumed event per credential)."""
+        body = msg.body
+        assert isinstance(body, m.AssumeRoles)
+        if msg.src != "ecs" or len(body.requests) > MAX_BATCH:
+            return [Reply(msg, errors.no_permission(f"{msg.src} may not send AssumeRoles (ECS only, at most {MAX_BATCH})."))]
+        batch = Batch(msg, [m.AssumeRoleResult() for _ in body.requests])
+        by_role: dict[str, list[int]] = {}
+        for n, assume in enumerate(body.requests):
+            problem = self._validate(assume)
+            if problem is None and (assume.caller is None or assume.caller.identity_type != "Service" or assume.caller.arn != ECS_SERVICE):
+                problem = errors.no_permission("AssumeRoles is for the ECS service principal only.")
+            if problem is not None:
+                batch.results[n] = m.AssumeRoleResult(error=problem)
+            else:
+                by_role.setdefault(ROLE_ARN.match(assume.role_arn).group(2), []).append(n)  # type: ignore[union-attr]
+        if not by_role:
+            return [Reply(msg, m.AssumeRolesOk(results=batch.results))]
+        batch.waiting = len(by_role)
+        return [Request("ram", ram.GetRole(role_name=name, caller=self._service_principal()), BatchRole(batch, positions),
+                        trace_id=msg.trace_id) for name, positions in by_role.items()]
+
+    def _batch_role(self, context: BatchRole, body: object, now: float) -> list[Effect]:
+        batch = context.batch
+        requests = batch.request.body
+        assert isinstance(requests, m.AssumeRoles)
+        effects: list[Effect] = []
+        trust = policy.parse(body.role.assume_role_policy_document, trust=True) if isinstance(body, ram.GetRoleOk) else None
+        for n in context.positions:
+            if isinstance(body, Error):
+                batch.results[n] = m.AssumeRoleResult(error=body)
+            elif not isinstance(body, ram.GetRoleOk):
+                batch.results[n] = m.AssumeRoleResult(error=errors.internal_error())
+            elif trust is None or not policy.trusts(trust, "Service", ECS_SERVICE):
+                batch.results[n] = m.AssumeRoleResult(error=errors.no_permission(f"The role does not trust {ECS_SERVICE}."))
+            else:
+                answer, event = self._minted(requests.requests[n], body.role, now)
+                batch.results[n] = m.AssumeRoleResult(ok=answer) if isinstance(answer, m.AssumeRoleOk) else m.AssumeRoleResult(error=answer)
+                if event is not None:
+                    effects.append(event)
+        batch.waiting -= 1
+        if batch.waiting == 0:
+            effects.append(Reply(batch.request, m.AssumeRolesOk(results=batch.results)))
+        return effects
+
     def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
+        if isinstance(context, BatchRole):
+            return self._batch_role(context, body, now)
         assert isinstance(context, Assume)
         request = context.request
         assume = request.body
@@ -138,13 +205,17 @@ class StsCore:
         assume = context.request.body
         role = context.role
         assert isinstance(assume, m.AssumeRole) and role is not None
+        answer, event = self._minted(assume, role, now)
+        return [Reply(context.request, answer), *([event] if event is not None else [])]
+
+    def _minted(self, assume: m.AssumeRole, role: ram.Role, now: float) -> tuple[m.AssumeRoleOk | Error, Publish | None]:
+        """A new session of ``role`` for ``assume`` (whose caller was checked), and its event."""
         # ECS obtains instance credentials as a service (real ECS issues 6 h ones); RAM callers
         # are bounded by the role's MaxSessionDuration.
         service = assume.caller is not None and assume.caller.identity_type == "Service"
         max_duration = 43200 if service else max(role.max_session_duration, 3600)
         if assume.duration_seconds > max_duration:
-            return [Reply(context.request, error("InvalidParameter.DurationSeconds",
-                                                 f"The Min/Max value of DurationSeconds is {MIN_DURATION}/{max_duration} seconds."))]
+            return error("InvalidParameter.DurationSeconds", f"The Min/Max value of DurationSeconds is {MIN_DURATION}/{max_duration} seconds."), None
         expires_at = float(int(now + assume.duration_seconds))  # Expiration has whole seconds; so does the session
         claims = tokens.Claims(
             access_key_id=ids.access_key_id(self._entropy(24), sts=True), access_key_secret=ids.secret(self._entropy(30)),
@@ -160,7 +231,7 @@ class StsCore:
                                                 assumed_role_id=f"{role.role_id}:{assume.role_session_name}"))
         event = m.RoleAssumed(access_key_id=access_key_id, role_arn=role.arn, session_name=assume.role_session_name,
                               expires_at=expires_at)
-        return [Reply(context.request, reply), Publish(topics.event(NAME, "RoleAssumed"), event)]
+        return reply, Publish(topics.event(NAME, "RoleAssumed"), event)
 
     # -- verification ---------------------------------------------------------------------
     def _authenticate(self, msg: Envelope, now: float) -> list[Effect]:

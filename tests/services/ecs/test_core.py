@@ -24,7 +24,7 @@ from protocol.messages.common import Principal
 from protocol.times import iso
 from services.ecs.core import RETRY_CAP, RETRY_FIRST, EcsCore, retry_delay
 from services.ram.policy import ECS_TRUST_POLICY
-from services.runtime.effects import Effect, Publish, Request
+from services.runtime.effects import Effect, Publish, Reply, Request, Send
 from services.runtime.entropy import SeededEntropy
 from tests.helpers import ACCOUNT, T0, entropy, envelope, published, replies, reply, requests, root
 
@@ -72,6 +72,7 @@ class Cloud:
         self.sts_failure: Error | None = None
         self.minted = 0
         self.asked: list[Request] = []
+        self.batches = 0                    # AssumeRoles answered
 
     def answer(self, request: Request, now: float) -> object:
         self.asked.append(request)
@@ -100,6 +101,13 @@ class Cloud:
                                             security_token=f"token-{n}", expiration=iso(now + body.duration_seconds)),
                 assumed_role_user=sts.AssumedRoleUser(arn=f"{body.role_arn}/{body.role_session_name}",
                                                       assumed_role_id=f"300000000000001:{body.role_session_name}"))
+        if isinstance(body, sts.AssumeRoles):  # one answer each, as STS's batch gives them
+            assert request.dest == "sts" and 1 < len(body.requests) <= 100
+            self.batches += 1
+            answers = [self.answer(Request("sts", one, None), now) for one in body.requests]
+            self.asked[-len(answers):] = []  # the batch was one request
+            return sts.AssumeRolesOk(results=[sts.AssumeRoleResult(ok=a) if isinstance(a, sts.AssumeRoleOk) else
+                                              sts.AssumeRoleResult(error=a) for a in answers])
         raise AssertionError(f"unexpected request {request}")
 
 
@@ -182,13 +190,29 @@ class Harness:
 
 
 def views(effects: list[Effect], host_id: str = "h1") -> list[m.InstanceView]:
-    """The instance views pushed in ``effects``, checking each went to its instance topic."""
+    """The instance views pushed in ``effects``, checking each went to its instance topic (one
+    view) or in one batch to its host's agent (several)."""
     found = []
     for e in effects:
         if isinstance(e, Publish) and isinstance(e.body, m.InstanceChanged):
             assert e.topic == topics.instance(e.body.view.host_id, e.body.view.instance_id)
             assert e.body.view.host_id == host_id
             found.append(e.body.view)
+        elif isinstance(e, Send) and isinstance(e.body, m.InstancesChanged):
+            assert e.dest == f"metadata-{host_id}" and len(e.body.views) > 1
+            assert all(v.host_id == host_id for v in e.body.views)
+            found += e.body.views
+    return found
+
+
+def assumed(effects: list[Effect]) -> list[sts.AssumeRole]:
+    """Every AssumeRole asked of STS in ``effects``, alone or inside an AssumeRoles."""
+    found: list[sts.AssumeRole] = []
+    for r in requests(effects):
+        if isinstance(r.body, sts.AssumeRoles):
+            found += r.body.requests
+        elif isinstance(r.body, sts.AssumeRole):
+            found.append(r.body)
     return found
 
 
@@ -410,12 +434,14 @@ def test_attach_to_several_instances_replies_once_every_credential_arrived(h: Ha
     first, second = h.launch(amount=2)
     h.call(m.AttachInstanceRamRole(region_id=REGION, ram_role_name=ROLE, instance_ids=ids_json(first, second, first),
                                    caller=root()), hold_sts=True)
-    assert len(h.held) == 2  # the repeated id is attached once
+    [batch] = h.held  # one AssumeRoles for the batch; the repeated id is attached once
+    assert isinstance(batch.body, sts.AssumeRoles) and len(batch.body.requests) == 2
 
-    early = h.release()
-    assert replies(early) == [] and len(views(early)) == 1  # the first instance serves; no reply yet
-    ok = reply(h.release())
+    done = h.release()
+    ok = reply(done)
     assert isinstance(ok, m.AttachInstanceRamRoleOk)
+    [batch] = [e for e in done if isinstance(e, Send)]  # both views in one message to the host, before the reply
+    assert [v.instance_id for v in views(done)] == [first, second] and done.index(batch) < next(i for i, e in enumerate(done) if isinstance(e, Reply))
     assert (ok.total_count, ok.fail_count) == (2, 0)
     assert [r.instance_id for r in ok.attach_instance_ram_role_results.attach_instance_ram_role_result] == [first, second]
 
@@ -684,16 +710,17 @@ def test_restart_restores_instances_and_refreshes_what_is_overdue_spread(h: Harn
     assert restarted.view(restarted.instances[launched[0]]) == h.core.view(h.core.instances[launched[0]])
     due = sorted(r.due_at or 0.0 for r in restarted.instances.values())
     assert later <= due[0] and due[-1] < later + 1 and len(set(due)) == 3  # at once, but not all at the same instant
-    asked = requests(restarted.on_timer(due[-1]))
-    assert sorted(r.body.role_session_name for r in asked) == sorted(launched)  # type: ignore[union-attr]
+    asked = assumed(restarted.on_timer(due[-1]))
+    assert sorted(a.role_session_name for a in asked) == sorted(launched)
 
 
 def test_every_instance_with_a_role_is_refreshed(h: Harness) -> None:
     h.register()
     launched = h.launch(role=ROLE, amount=3)
     h.now = h.core.next_deadline() or 0.0
-    asked = requests(h.core.on_timer(h.now))
-    assert sorted(r.body.role_session_name for r in asked) == sorted(launched)  # type: ignore[union-attr]
+    [batch] = requests(h.core.on_timer(h.now))  # due together: one AssumeRoles
+    assert isinstance(batch.body, sts.AssumeRoles)
+    assert sorted(a.role_session_name for a in assumed([batch])) == sorted(launched)
 
 
 # -- queries ------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ using the listener as its HTTP proxy would.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+import base64
+from typing import AsyncIterator, Sequence
 
 import aiohttp
 import pytest
@@ -16,7 +17,7 @@ from yarl import URL
 
 from protocol.messages import ecs as m
 from services.metadata.core import TOKEN_HEADER, TOKEN_TTL_HEADER, MetadataCore
-from services.metadata.http import Listeners
+from services.metadata.http import Listeners, SharedListener
 from services.runtime.clock import ScaledClock
 from tests.helpers import envelope
 from tests.services.metadata.test_core import HOST, IID, OTHER, ROLE, CREDENTIALS, view
@@ -188,3 +189,64 @@ async def test_close_closes_every_listener(agent: Agent) -> None:
     for url in urls:
         with pytest.raises(aiohttp.ClientConnectionError):
             await fetch(url + "/latest/meta-data/instance-id")
+
+
+# -- shared mode: one listener for every instance of the host --------------------------------
+class SharedAgent(Agent):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[tuple[str, str]]] = []
+        self.listeners = SharedListener(self.core, ScaledClock(1.0), "127.0.0.1", self._announce, announce_many=self._many)
+
+    async def _many(self, endpoints: Sequence[tuple[str, str]]) -> None:
+        self.batches.append(list(endpoints))
+
+
+@pytest.fixture
+async def shared() -> AsyncIterator[SharedAgent]:
+    a = SharedAgent()
+    yield a
+    await a.listeners.close()
+
+
+async def test_a_shared_listener_is_one_port_that_answers_each_named_instance_from_its_own_view(shared: SharedAgent) -> None:
+    shared.push(view(IID, role=ROLE, credentials=CREDENTIALS))
+    shared.push(view(OTHER))
+    await shared.listeners.reconcile()
+    assert len(shared.batches) == 1 and sorted(i for i, _ in shared.batches[0]) == sorted([IID, OTHER])  # one message
+    mine, other = shared.listeners.urls[IID], shared.listeners.urls[OTHER]
+    port = URL(mine).port
+    assert mine == f"http://{IID}:@127.0.0.1:{port}" and other == f"http://{OTHER}:@127.0.0.1:{port}"
+    creds = "/latest/meta-data/ram/security-credentials/"
+
+    assert await fetch(mine + creds) == (200, ROLE)  # aiohttp sends the URL's user as Authorization
+    assert await fetch(other + creds) == (404, "Not Found")  # the other instance has no role: nothing of IID's
+    assert (await fetch(other + creds + ROLE))[0] == 404
+    assert await fetch(f"http://127.0.0.1:{port}/{IID}/latest/meta-data/instance-id") == (200, IID)  # a path prefix
+    assert await fetch(f"http://127.0.0.1:{port}/latest/meta-data/instance-id", headers={"Host": f"{OTHER}.metadata"}) == (200, OTHER)
+    assert (await fetch(f"http://127.0.0.1:{port}/latest/meta-data/instance-id"))[0] == 404  # names no instance
+    assert (await fetch(f"http://127.0.0.1:{port}/i-notonthishost/latest/meta-data/instance-id"))[0] == 404
+    # as an HTTP proxy (the SDK's way): the instance arrives as Proxy-Authorization
+    proxied = await raw(mine, (f"GET http://100.100.100.200{creds} HTTP/1.1\r\nHost: 100.100.100.200\r\n"
+                               f"Proxy-Authorization: Basic {base64.b64encode(f'{OTHER}:'.encode()).decode()}\r\n"
+                               "Connection: close\r\n\r\n").encode())
+    assert proxied.startswith(b"HTTP/1.1 404")  # OTHER named: OTHER's view, whose port it shares
+
+    shared.push(view(OTHER, generation=3, deleted=True))
+    await shared.listeners.reconcile()
+    assert set(shared.listeners.urls) == {IID} and (await fetch(other + "/latest/meta-data/instance-id"))[0] == 404
+    assert await fetch(mine + "/latest/meta-data/instance-id") == (200, IID)  # the port stays for the rest
+
+
+async def test_a_restarted_shared_agent_listens_on_its_previous_port(shared: SharedAgent) -> None:
+    shared.push(view())
+    await shared.listeners.reconcile()
+    port = URL(shared.listeners.urls[IID]).port
+    await shared.listeners.close()
+    again = SharedAgent()
+    try:
+        again.push(view(endpoint_url=f"http://{IID}:@127.0.0.1:{port}"))
+        await again.listeners.reconcile()
+        assert again.listeners.urls[IID] == f"http://{IID}:@127.0.0.1:{port}"
+    finally:
+        await again.listeners.close()

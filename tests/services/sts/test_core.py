@@ -576,3 +576,48 @@ def test_re_sealing_altered_claims_without_the_master_key_is_refused() -> None:
     forged_ring = tokens.KeyRing(b"attacker's own 32-byte master key", 21600)
     admin = msgspec.structs.replace(CLAIMS, role_name="Admin", role_arn=f"acs:ram::{ACCOUNT}:role/Admin")
     assert tokens.open_token(RING, tokens.seal(forged_ring, admin, T0, NONCE), T0) is None
+
+
+# -- AssumeRoles: ECS's batch ----------------------------------------------------------------
+def batch(core: StsCore, *sessions_and_roles: tuple[str, str], src: str = "ecs", caller: Principal = ECS) -> list:
+    body = m.AssumeRoles(requests=[m.AssumeRole(role_arn=f"acs:ram::{ACCOUNT}:role/{role}", role_session_name=session, caller=caller)
+                                   for session, role in sessions_and_roles])
+    return core.handle(envelope(body, src=src, dest="sts"), T0)
+
+
+def test_a_batch_asks_ram_once_per_role_and_answers_once_in_order(core: StsCore) -> None:
+    effects = batch(core, ("i-one", "EcsRole"), ("i-two", "Other"), ("i-three", "EcsRole"), ("x", "EcsRole"))
+    asked = requests(effects)
+    assert sorted(r.body.role_name for r in asked) == ["EcsRole", "Other"]  # type: ignore[union-attr]
+    assert not [e for e in effects if isinstance(e, Reply)]
+    first = core.on_reply(asked[0].context, ram.GetRoleOk(role=make_role(asked[0].body.role_name)), T0)  # type: ignore[union-attr]
+    assert not [e for e in first if isinstance(e, Reply)]  # the other role is still out
+    last = core.on_reply(asked[1].context, ram.GetRoleOk(role=make_role(asked[1].body.role_name)), T0)  # type: ignore[union-attr]
+    answer = reply(last)
+    assert isinstance(answer, m.AssumeRolesOk) and len(answer.results) == 4
+    ok = [r.ok for r in answer.results[:3]]
+    assert all(o is not None for o in ok)
+    assert [o.assumed_role_user.arn.rsplit("/", 1)[1] for o in ok] == ["i-one", "i-two", "i-three"]  # type: ignore[union-attr]
+    assert len({o.credentials.access_key_id for o in ok}) == 3  # type: ignore[union-attr]
+    assert_error(answer.results[3].error, "InvalidParameter.RoleSessionName")  # "x" is too short: that one only
+    assert len(published(first + last, m.RoleAssumed)) == 3
+    # each credential verifies as one AssumeRole's would
+    for o in ok:
+        assert o is not None and o.credentials.expiration == T0_PLUS_HOUR
+
+
+def test_a_batch_whose_role_is_missing_or_not_trusting_ecs_fails_each_of_its_requests(core: StsCore) -> None:
+    asked = requests(batch(core, ("i-one", "Gone"), ("i-two", "Gone")))
+    [missing] = asked
+    answer = reply(core.on_reply(missing.context, error("EntityNotExist.Role", "The specified Role not exists.", 404), T0))
+    assert isinstance(answer, m.AssumeRolesOk)
+    assert [r.error.code for r in answer.results if r.error] == ["EntityNotExist.Role"] * 2
+    [untrusting] = requests(batch(core, ("i-one", "R"), ("i-two", "R")))
+    answer = reply(core.on_reply(untrusting.context, ram.GetRoleOk(role=make_role("R", ROOT_TRUST)), T0))
+    assert isinstance(answer, m.AssumeRolesOk) and all(r.ok is None and r.error is not None for r in answer.results)
+
+
+def test_only_ecs_may_send_a_batch_and_only_as_itself(core: StsCore) -> None:
+    assert_error(reply(batch(core, ("i-one", "EcsRole"), src="gateway")), "NoPermission", 403)
+    answer = reply(batch(core, ("i-one", "EcsRole"), caller=ALICE))  # from ECS, but not as the ECS service principal
+    assert isinstance(answer, m.AssumeRolesOk) and answer.results[0].error is not None and answer.results[0].ok is None
