@@ -92,7 +92,7 @@ class Options:
     time_scale: float = 1.0
     credential_lifetime: int = 3600
     refresh_before: int = 1800
-    refresh_jitter: float = 0.1  # a refresh comes up to this fraction of refresh_before earlier, at random
+    refresh_jitter: float = 0.0  # a refresh comes up to this fraction of refresh_before earlier, at random (the CLI's default: 0.1)
     region_id: str = "cn-hangzhou"
     account_id: str = ""
     log_format: str = "json"

@@ -214,7 +214,9 @@ class EcsCore:
             record = self.instances[instance_id]
             record.due_at = None  # taken: next_deadline no longer offers it
             due.append(record)
-        return _batched(self._fetch_all(due, None))
+        # One AssumeRole each (not batched): fault rules and experiments name that message, and
+        # with jitter the refreshes due at one instant are few.
+        return _batched([e for record in due for e in self._fetch(record, None)])
 
     def next_deadline(self) -> float | None:
         """The earliest due refresh; entries the record no longer agrees with are dropped as found."""

@@ -77,6 +77,7 @@ class Engine:
         self.instance_ids: list[str] = []
         self.host_of: dict[str, str] = {}
         self.attached: dict[str, str] = {}   # instance id -> the role the operator attached
+        self.acknowledged: set[str] = set()  # instances whose attach ECS answered (their applications run from then)
         self.visible: dict[str, str] = {}    # instance id -> access key id its agent serves
         self.active: dict[str, tuple[s.Fault, float]] = {}
         self.acted: dict[str, tuple[Any, ...]] = {}
@@ -116,6 +117,8 @@ class Engine:
         body = env.body
         if isinstance(body, m.InstanceChanged):
             self.host_of[body.view.instance_id] = body.view.host_id
+        elif isinstance(body, m.InstancesChanged):  # a batch of views, direct to one host's agent
+            self.host_of.update({v.instance_id: v.host_id for v in body.views})
         elif env.src == "ecs" and type(body).__name__ in RECORDED_EVENTS and self.sim.now >= self.t0:
             self.records.append(Event(at=self._t(), name=type(body).__name__, src="ecs", instance_id=body.instance_id,
                                       role=body.ram_role_name, access_key_id=getattr(body, "access_key_id", ""),
@@ -128,6 +131,10 @@ class Engine:
             return
         if cause is not None and isinstance(cause.body, m.InstanceChanged):
             self._serving(node, cause.body.view.instance_id)
+        elif cause is not None and isinstance(cause.body, m.InstancesChanged):
+            for view in cause.body.views:
+                self.host_of[view.instance_id] = view.host_id  # (a direct message: no observer saw it published)
+                self._serving(node, view.instance_id)
         elif cause is None:
             for instance_id in list(node.core.views):
                 self._serving(node, instance_id)
@@ -201,6 +208,8 @@ class Engine:
             ok = result is not None and result.success
             if not ok and (acknowledged is not None):
                 self.attached.pop(i, None)
+            if ok or acknowledged is None:  # an attach whose outcome is unknown may have worked: its app runs
+                self.acknowledged.add(i)
             code = "" if ok else (result.code if result is not None else getattr(reply, "code", ""))
             self.records.append(Attach(at_requested=asked, at_acknowledged=acknowledged, instance_id=i, role=role, ok=ok, code=code))
 
@@ -209,6 +218,7 @@ class Engine:
         for start in range(0, len(chosen), BATCH):
             batch, asked = chosen[start:start + BATCH], self._t()
             roles = {i: self.attached.pop(i) for i in batch}
+            self.acknowledged.difference_update(batch)
             body = m.DetachInstanceRamRole(region_id="cn-hangzhou", instance_ids=json.dumps(batch))
             self._operate("ecs", body, lambda reply, now, roles=roles, asked=asked: self._detached(reply, roles, asked))
 
@@ -426,8 +436,8 @@ class Engine:
         if index >= len(self.instance_ids):
             return  # not launched yet
         instance_id = self.instance_ids[index]
-        if instance_id not in self.attached:
-            return  # an application runs where a role is attached
+        if instance_id not in self.attached or instance_id not in self.acknowledged:
+            return  # an application runs where a role is attached, once ECS said so
         started = sim.now
 
         def done(outcome: str, code: str, now: float) -> None:

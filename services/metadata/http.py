@@ -61,12 +61,13 @@ class Ways:
         self.announce_many = announce_many  # [(instance_id, url), ...] -> the same, in one message (when given)
         self.urls: dict[str, str] = {}
         self._announced_at = 0
+        self._unopened: set[str] = set()  # wanted, but _open could not open them yet: tried again each time
 
     async def reconcile(self) -> None:
         """Open a way in for every instance the core serves, close the rest; when ECS has
         (re)learnt this host, tell it again where the existing ones are. Only the instances
         whose views changed since the last call are looked at (a step costs what it changed)."""
-        touched = self.core.take_touched()
+        touched = self.core.take_touched() | self._unopened
         told: list[tuple[str, str]] = []
         if self.core.registered != self._announced_at:
             self._announced_at = self.core.registered
@@ -78,11 +79,14 @@ class Ways:
         for instance_id in sorted(touched):
             view = serving.get(instance_id)
             wanted = view is not None and not view.deleted
+            self._unopened.discard(instance_id)
             if wanted and instance_id not in self.urls:
                 url = await self._open(instance_id)
                 if url:
                     self.urls[instance_id] = url
                     told.append((instance_id, url))
+                else:
+                    self._unopened.add(instance_id)
             elif not wanted and instance_id in self.urls:
                 del self.urls[instance_id]
                 await self._close(instance_id)

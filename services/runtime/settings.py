@@ -40,8 +40,9 @@ class Settings:
                                       "for all of the host's instances, named as http://<InstanceId>:@host:port or by a "
                                       "/<InstanceId>/ path prefix) or netns (a network namespace per instance reaching "
                                       "100.100.100.200; needs root)")
-    refresh_jitter: float = _opt(0.1, "ECS: refresh each credential up to this fraction of --refresh-before earlier, "
-                                      "at random, so instances attached together do not refresh together")
+    refresh_jitter: float = _opt(0.0, "ECS: refresh each credential up to this fraction of --refresh-before earlier, "
+                                      "at random, so instances attached together do not refresh together (ramsim up "
+                                      "passes 0.1; 0: exactly refresh_before early, as experiments expect)")
     root_access_key_id: str = _opt("", "RAM: the root identity's AccessKeyId", secret=True)
     root_access_key_secret: str = _opt("", "RAM: the root identity's AccessKeySecret", secret=True)
     sts_key_rotation: float = _opt(21600.0, "STS: seconds between token key rotations (old keys verify until their tokens expire)")

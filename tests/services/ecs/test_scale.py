@@ -43,7 +43,7 @@ def test_refresh_deadlines_are_one_heap_and_jitter_spreads_them_earlier_only() -
     assert len(set(due)) > 950  # spread over the window, not a stampede at one instant
     assert h.core.next_deadline() == min(due)  # type: ignore[type-var]
 
-    # on_timer at t takes exactly the refreshes due by t, in as few AssumeRoles as fit
+    # on_timer at t takes exactly the refreshes due by t
     t = sorted(due)[499]  # type: ignore[type-var]
     asked = assumed(h.core.on_timer(t))
     assert sorted(a.role_session_name for a in asked) == sorted(r.instance.instance_id for r in records if r.due_at is None)
