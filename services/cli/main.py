@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "instances": ("services.cli.instances", "list instances and the URL of each one's metadata view"),
     "metadata": ("services.cli.instances", "GET a metadata path as an instance sees it at http://100.100.100.200"),
     "app": ("services.cli.app", "run an application on an instance: OSS calls with its role's credentials, measured"),
+    "deploy": ("services.cli.deploy", "compose.yaml's helpers: secrets (env files, on the host), broker, init and health (in containers)"),
     "check": ("services.cli.check", "check a recorded fault-run history (JSON lines) against the durability invariants"),
     "soak": ("services.faults.soak", "random faults (kill -9, broker restarts, pauses) for minutes, then the checker"),
     "experiment": ("services.experiment.cli", "run an experiment file (timeline of actions and faults, checks) live or --sim; a verdict and plots"),

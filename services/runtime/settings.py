@@ -31,13 +31,16 @@ class Settings:
     zone_id: str = _opt("cn-hangzhou-i", "zone instances are placed in")
     credential_lifetime: int = _opt(3600, "seconds an instance's STS credential lasts (real ECS: 21600)")
     refresh_before: int = _opt(1800, "seconds before expiry that ECS issues the next credential")
+    vswitch_cidr: str = _opt("172.16.0.0/16", "ECS: the vSwitch instances get their private IPs in (RunInstances' PrivateIpAddress must be in it)")
+    ready_file: str = _opt("", "write this file (the pid) once the service is ready, delete it when it stops (a container healthcheck)")
     request_timeout: float = _opt(5.0, "real seconds to wait for a reply on the bus")
     host_id: str = _opt("host-1", "metadata agent: the simulated host it serves")
     http_host: str = _opt("127.0.0.1", "address HTTP servers listen on")
     http_port: int = _opt(0, "gateway: HTTP port (0: any free port)")
     gateway_url: str = _opt("", "metadata agent: where its proxy sends requests for hosts other than 100.100.100.200")
-    metadata_mode: str = _opt("port", "metadata agent: port (a loopback port per instance) or netns (a network "
-                                      "namespace per instance reaching 100.100.100.200; needs root)")
+    metadata_mode: str = _opt("port", "metadata agent: port (a loopback port per instance), netns (a network "
+                                      "namespace per instance reaching 100.100.100.200; needs root) or address (it holds "
+                                      "100.100.100.200 itself, as compose.yaml's agent: answers by source address)")
     root_access_key_id: str = _opt("", "RAM: the root identity's AccessKeyId", secret=True)
     root_access_key_secret: str = _opt("", "RAM: the root identity's AccessKeySecret", secret=True)
     sts_key_rotation: float = _opt(21600.0, "STS: seconds between token key rotations (old keys verify until their tokens expire)")
