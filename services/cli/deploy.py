@@ -249,10 +249,11 @@ def health(role: str, port: int = 0) -> str | None:
     if role == "instance":
         return _http(f"{METADATA}/latest/meta-data/instance-id")
     if role == "service":  # ram, sts, ecs, the metadata agent: ready on the bus (service.mark_ready)
+        ready = os.environ.get("RAMSIM_READY_FILE") or READY_FILE
         try:
-            pid = int(Path(READY_FILE).read_text())
+            pid = int(Path(ready).read_text())
         except (OSError, ValueError):
-            return f"not ready: no {READY_FILE}"
+            return f"not ready: no {ready}"
         return None if Path(f"/proc/{pid}").exists() else f"not ready: pid {pid} is gone"
     return f"unknown role {role!r}"
 
@@ -282,7 +283,7 @@ def add_parser(sub: Any) -> None:
         s.add_argument(f"--{what}-port", type=int, default=int(os.environ.get(f"RAMSIM_{what.upper()}_PORT", default)),
                        help=f"the port compose publishes the {what} on at 127.0.0.1 (default $RAMSIM_{what.upper()}_PORT or {default})")
     b = actions.add_parser("broker", help="(in the mosquitto container) write its config from RAMSIM_BROKER_PASSWORDS; run it")
-    b.add_argument("--state-dir", type=Path, default=Path(STATE_DIR))
+    b.add_argument("--state-dir", type=Path, default=Path(os.environ.get("RAMSIM_STATE_DIR") or STATE_DIR))
     i = actions.add_parser("init", help="(the init container) role, policies, instances at their IPs with the role; idempotent")
     i.add_argument("--gateway-url", default="http://gateway:8080")
     i.add_argument("--region-id", default="cn-hangzhou")
