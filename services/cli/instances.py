@@ -82,6 +82,9 @@ def read_metadata(url: str, path: str, token: str | None = None) -> tuple[int, s
                                "/" + path.lstrip("/"), token or ""], capture_output=True, text=True, timeout=30)
         status, _, body = done.stdout.partition("\n")
         return (int(status), body) if status.isdigit() else (502, done.stderr.strip() or "no answer from the namespace")
+    if url.startswith("address:"):  # address mode (compose.yaml): only that instance's own address gets its view
+        raise api.Unreachable(f"{url}: only the instance at {url.removeprefix('address:')} reads this view; ask from inside it "
+                              f"(docker compose exec instance-N python3 -c ...), see deploy/README.md")
     request = urllib.request.Request(url.rstrip("/") + "/" + path.lstrip("/"))
     if token:
         request.add_header("X-aliyun-ecs-metadata-token", token)
