@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +36,6 @@ from typing import Iterator
 import pytest
 
 from services.cli import api, cluster as cluster_file
-from services.cli.up import free_port
 from tests.e2e.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,11 +105,30 @@ class Compose:
     def timed(self, name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         started = time.monotonic()
         done = self(*args, timeout=timeout)
+        # Compose v2 against podman can exit 0 although a container failed to start: its errors say so
+        assert "Error response from daemon" not in done.stderr, done.stderr[-3000:]
         self.timings[name] = round(time.monotonic() - started, 1)
         return done
 
     def exec(self, service: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run("podman", "exec", f"{PROJECT}-{service}-1", *argv, env=self.env, timeout=120, check=check)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free now, below the ephemeral range: one from that range
+    can be taken by any outgoing connection in the seconds before podman binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    chosen: list[int] = []
+    for port in random.sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError("no free ports below the ephemeral range")
 
 
 def _podman_env() -> dict[str, str]:
@@ -165,7 +185,7 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
 
     work = tmp_path_factory.mktemp("compose")
     socket_path = work / "podman.sock"
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket_path}"], env=env,
+    service = subprocess.Popen(["podman", "system", "service", "--time=120", f"unix://{socket_path}"], env=env,
                                stdout=subprocess.DEVNULL, stderr=open(work / "podman-service.log", "wb"), start_new_session=True)
     stop = threading.Event()
     checker = threading.Thread(target=_healthchecks, args=(env, stop), daemon=True)
@@ -174,7 +194,7 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     secrets = work / "secrets"
     compose_env = {**env, "DOCKER_HOST": f"unix://{socket_path}", "DOCKER_BUILDKIT": "0", "COMPOSE_BAKE": "false",
                    "RAMSIM_SECRETS": str(secrets), "RAMSIM_IMAGE": image.stdout.strip(), "RAMSIM_PULL_POLICY": "never",
-                   "RAMSIM_EDGE_INTERNAL": "true", **{f"RAMSIM_{what}_PORT": str(free_port()) for what in ("GATEWAY", "OSS", "BROKER")}}
+                   "RAMSIM_EDGE_INTERNAL": "true", **{f"RAMSIM_{what}_PORT": str(port) for what, port in zip(("GATEWAY", "OSS", "BROKER"), free_ports(3))}}
     runner = Compose(compose_env, binary)
     runner.timings.update(timings)
     try:
@@ -201,6 +221,19 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
                 for cmd in (["ps", "-aq"], ["network", "ls", "-q"], ["volume", "ls", "-q"])]
         print(f"\n[compose] timings (s): {json.dumps(runner.timings)}; left behind: {left}", file=sys.stderr)
         assert left == [[], [], []], f"left behind: {left}"
+
+
+def diagnose(compose: Compose) -> str:
+    """The project's containers, and the last lines of each one that is not running."""
+    label = f"label=com.docker.compose.project={PROJECT}"
+    listing = run("podman", "ps", "-a", "--filter", label, "--format", "{{.Names}}|{{.Status}}", env=compose.env, check=False).stdout
+    out = [listing]
+    for line in listing.splitlines():
+        name, _, status = line.partition("|")
+        if not status.startswith("Up"):
+            logs = run("podman", "logs", "--tail", "15", name, env=compose.env, check=False)
+            out.append(f"--- {name}:\n{logs.stdout[-1500:]}{logs.stderr[-1500:]}")
+    return "\n".join(out)
 
 
 def root(secrets: Path) -> api.Credential:
@@ -242,12 +275,21 @@ def test_compose_yaml_is_valid_and_keeps_to_loopback_and_internal_networks(compo
         assert value not in text
 
 
+def test_the_image_runs_as_non_root_with_mosquitto_and_no_build_tools(compose: Compose) -> None:
+    probe = ("import os, shutil; print(os.getuid(), bool(shutil.which('mosquitto') or os.access('/usr/sbin/mosquitto', os.X_OK)), "
+             "[t for t in ('gcc', 'cc', 'make', 'pip', 'pip3') if shutil.which(t)])")
+    done = run("podman", "run", "--rm", "--network", "none", compose.env["RAMSIM_IMAGE"], "python3", "-c", probe, env=compose.env)
+    assert done.stdout.strip().split(None, 2) == ["10001", "True", "[]"], done.stdout
+
+
 def test_the_cluster_serves_each_instance_its_own_credential_and_resumes(compose: Compose) -> None:
     secrets = Path(compose.env["RAMSIM_SECRETS"])
-    compose.timed("up", "up", "--detach", "--wait", "--wait-timeout", "240", "--no-build", timeout=300)
+    up = compose.timed("up", "up", "--detach", "--wait", "--wait-timeout", "240", "--no-build", timeout=300)
     running = run("podman", "ps", "--format", "{{.Names}}", "--filter", "status=running", "--filter",
                   f"label=com.docker.compose.project={PROJECT}", env=compose.env).stdout.split()
-    assert len(running) == 10, running  # every service and instance (init has done its work and exited)
+    if len(running) != 10:  # every service and instance (init has done its work and exited)
+        print(f"\n[compose] running: {running}\n[compose] up said:\n{up.stderr[-4000:]}\n{diagnose(compose)}", file=sys.stderr)
+    assert len(running) == 10, running
     credential = root(secrets)
     try:
         ids = instance_ids(credential)
