@@ -9,7 +9,8 @@ Then, as tests/e2e/test_compose.py does with podman: the unmodified credentials 
 instance's namespace reads that instance's credential at 100.100.100.200 (answered by the agent's
 namespace, which holds that address, by source address), another instance sees only its own,
 and the workload's OSS calls succeed from an instance. So the topology is proven where podman is
-missing. Needs root and iproute2 (skipped otherwise); nothing leaves the namespaces it made.
+missing. Needs root and iproute2 (skipped otherwise; reading compose.yaml as a topology runs
+everywhere); nothing leaves the namespaces it made.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from services.metadata import netns
 from tests.e2e.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(netns.available() is not None, reason=netns.available() or "")]
+pytestmark = pytest.mark.e2e
+needs_namespaces = pytest.mark.skipif(netns.available() is not None, reason=netns.available() or "")
 ROLE = "MyApplicationRole"
 IMAGE_ENV = {"PYTHONUNBUFFERED": "1"}  # deploy/Dockerfile's ENV, less what is per service here (state dir, ready file)
 READ_CREDENTIAL = """
@@ -249,6 +251,7 @@ def _met(service: Service, condition: str) -> bool:
     return True
 
 
+@needs_namespaces
 def test_the_compose_topology_in_namespaces_serves_each_instance_its_own_credential(cluster: dict[str, Service]) -> None:
     init = cluster["init"]
     sdk_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(ROOT)}  # nothing points the SDK anywhere
