@@ -23,6 +23,9 @@ if ! "$PYTHON" -m pip wheel -q --no-index --find-links "$wheels" -w "$wheels" -r
   echo "deploy/image.sh: fetching wheels into $wheels" >&2
   "$PYTHON" -m pip wheel -q --find-links "$wheels" -w "$wheels" -r "$requirements" >&2
 fi
-podman build --quiet --network none --format docker --build-arg BASE="$base" --build-arg PIP_NO_INDEX=1 \
-  -f deploy/Dockerfile -t "$IMAGE" . >/dev/null
+build=(podman build --quiet --network none --format docker --build-arg BASE="$base" --build-arg PIP_NO_INDEX=1 -f deploy/Dockerfile)
+# the build stage tagged too, so that it stays the layer cache of the next build and older ones can go
+"${build[@]}" --target build -t "${IMAGE%:*}-build:latest" . >/dev/null
+"${build[@]}" -t "$IMAGE" . >/dev/null
+podman image prune -f --filter label=org.ramsim.image >/dev/null  # earlier builds' images, now untagged
 echo "$IMAGE"
