@@ -5,11 +5,13 @@
 #   podman build --network none --build-arg BASE=<local base> --build-arg PIP_NO_INDEX=1
 # Prints the image name. Root only (rootful podman). PYTHON: the pip that fetches the wheels
 # (default python3; the base's Python is 3.11, Debian bookworm's, so it should be a 3.11).
+# Exit status 3: what the build needs could not be fetched here (the base, the wheels); any other
+# failure is the build's own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${RAMSIM_IMAGE:-localhost/ramsim:latest}
 PYTHON=${PYTHON:-python3}
-base=$(deploy/base.sh)
+base=$(deploy/base.sh) || { echo "deploy/image.sh: the local base image could not be made" >&2; exit 3; }
 wheels=deploy/wheelhouse
 requirements=$(mktemp)
 trap 'rm -f "$requirements"' EXIT
@@ -21,7 +23,8 @@ open(sys.argv[1], "w").write("\n".join([*build, *project["project"]["dependencie
 PY
 if ! "$PYTHON" -m pip wheel -q --no-index --find-links "$wheels" -w "$wheels" -r "$requirements" >/dev/null 2>&1; then
   echo "deploy/image.sh: fetching wheels into $wheels" >&2
-  "$PYTHON" -m pip wheel -q --find-links "$wheels" -w "$wheels" -r "$requirements" >&2
+  "$PYTHON" -m pip wheel -q --find-links "$wheels" -w "$wheels" -r "$requirements" >&2 \
+    || { echo "deploy/image.sh: the wheels could not be fetched" >&2; exit 3; }
 fi
 build=(podman build --quiet --network none --format docker --build-arg BASE="$base" --build-arg PIP_NO_INDEX=1 -f deploy/Dockerfile)
 # the build stage tagged too, so that it stays the layer cache of the next build and older ones can go
