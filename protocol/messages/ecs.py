@@ -245,6 +245,7 @@ class RunInstances(ApiCommand):
     zone_id: str = ""
     ram_role_name: str = ""
     amount: int = 1
+    private_ip_address: str = ""  # within the vSwitch's CIDR block, unused; only with Amount 1 (as Alibaba's)
     http_tokens: str = "optional"
     http_endpoint: str = "enabled"
     user_data: str = ""

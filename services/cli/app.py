@@ -37,6 +37,7 @@ os.environ["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"  # before any credent
 
 from protocol import topics  # noqa: E402
 from protocol.messages.app import OUTCOMES, AppCallCompleted  # noqa: E402
+from services.cli.errors import CliError  # noqa: E402
 
 EVENT_TOPIC = topics.event("app", "AppCallCompleted")
 PUT, GET = "PutObject", "GetObject"
@@ -189,6 +190,34 @@ def instance_provider(metadata_url: str, role_name: str | None = None, clock: An
                                                                       read_timeout=2000))
 
 
+def metadata_route_problem(routes: str, address: str = "100.100.100.200") -> str | None:
+    """Why ``--on-instance`` must not dial ``address`` from here, or None: the most specific route
+    to it (``routes``: /proc/net/route) must be on-link (no gateway), so that it is the instance's
+    own network (a container's, a namespace's) and never the real metadata service reached
+    through a router."""
+    import ipaddress
+
+    target = int(ipaddress.IPv4Address(address))
+    best: tuple[int, int] | None = None  # (prefix length, flags) of the most specific route
+    for line in routes.splitlines()[1:]:
+        fields = line.split()  # Iface Destination Gateway Flags RefCnt Use Metric Mask ...; hex, little-endian
+        if len(fields) < 8:
+            continue
+        dest, flags, mask = int.from_bytes(bytes.fromhex(fields[1])[::-1], "big"), int(fields[3], 16), \
+            int.from_bytes(bytes.fromhex(fields[7])[::-1], "big")
+        if not flags & 0x1 or target & mask != dest:  # RTF_UP, and a route that covers the address
+            continue
+        prefix = bin(mask).count("1")
+        if best is None or prefix > best[0]:
+            best = (prefix, flags)
+    if best is None:
+        return f"no route to {address} here"
+    if best[1] & 0x2:  # RTF_GATEWAY
+        return (f"{address} is reached through a gateway here: that could be the real metadata service; run "
+                "--on-instance only inside an instance (a compose instance container, an rsi- namespace)")
+    return None
+
+
 def oss_credentials(provider: Any) -> Any:
     """``provider`` as an oss2 credentials provider (asked on every request)."""
     import oss2
@@ -212,6 +241,8 @@ class Options:
     key_prefix: str = "ramsim-app/"
     size: int = 256
     output: str = "table"
+    on_instance: bool = False  # inside an instance: the SDK's own defaults at 100.100.100.200, no cluster file
+    oss_url: str = ""
 
 
 class Workload:
@@ -292,6 +323,53 @@ class Workload:
         return elapsed
 
 
+class OnInstanceError(CliError):
+    """``--on-instance`` cannot run here; the message says why."""
+
+
+def on_instance_provider(options: Options) -> Any:
+    """``--on-instance``: the SDK's own ECS RAM role provider, as on a real instance (no proxy, its
+    default address), once the route check says 100.100.100.200 is this network's; the instance
+    id (when not given) is read from the metadata service too."""
+    try:
+        routes = open("/proc/net/route").read()
+    except OSError as exc:
+        raise OnInstanceError(f"--on-instance: cannot read the routes ({exc})") from None
+    problem = metadata_route_problem(routes)
+    if problem:
+        raise OnInstanceError(f"--on-instance: {problem}")
+    from alibabacloud_credentials.provider.ecs_ram_role import EcsRamRoleCredentialsProvider
+    from alibabacloud_credentials.utils import auth_util
+
+    os.environ["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "false"
+    auth_util.environment_ecs_metadata_disabled = "false"
+    if not options.instance_id:
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with opener.open("http://100.100.100.200/latest/meta-data/instance-id", timeout=2) as answer:
+                    options.instance_id = answer.read().decode()
+                    break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise OnInstanceError(f"--on-instance: no instance id from 100.100.100.200: {exc}") from None
+                time.sleep(0.5)
+    provider = EcsRamRoleCredentialsProvider(async_update_enabled=False)
+    deadline = time.monotonic() + 60  # a role attached a moment ago: its first credential is on its way
+    while True:
+        try:
+            provider.get_credentials()
+            return provider
+        except Exception as exc:  # noqa: BLE001 - the SDK raises its own types; after the deadline they show in the calls
+            if time.monotonic() > deadline:
+                print(f"[app {options.instance_id}] no credential from 100.100.100.200 yet: {exc}", file=sys.stderr, flush=True)
+                return provider
+            time.sleep(0.5)
+
+
 class _Mismatch(Exception):
     code = "ContentMismatch"
 
@@ -364,25 +442,30 @@ async def run(options: Options, out: TextIO = sys.stdout, err: TextIO = sys.stde
     def say(line: str) -> None:
         print(f"[app {options.instance_id}] {line}", file=err, flush=True)
 
-    target = cluster.load(cluster.locate(options.cluster_file))
-    if not target.oss_url:
-        say("the cluster file has no OssUrl: this cluster runs no OSS")
-        return 2
-    url = next((i["MetadataUrl"] for i in instances(target) if i["InstanceId"] == options.instance_id), "")
-    if not url:
-        say(f"no running instance {options.instance_id} with a metadata view; see `ramsim instances`")
-        return 2
+    if options.on_instance:
+        target, clock = None, None
+        provider, url = await asyncio.to_thread(on_instance_provider, options), "http://100.100.100.200"
+        oss_url = options.oss_url
+    else:
+        target = cluster.load(cluster.locate(options.cluster_file))
+        if not target.oss_url:
+            say("the cluster file has no OssUrl: this cluster runs no OSS")
+            return 2
+        url = next((i["MetadataUrl"] for i in instances(target) if i["InstanceId"] == options.instance_id), "")
+        if not url:
+            say(f"no running instance {options.instance_id} with a metadata view; see `ramsim instances`")
+            return 2
+        clock = ScaledClock(target.time_scale, target.time_origin)
+        provider, oss_url = instance_provider(url, clock=clock), target.oss_url
     bucket_name = options.bucket or _bucket_name(options.instance_id)
-    clock = ScaledClock(target.time_scale, target.time_origin)
-    bucket = oss2.Bucket(oss2.ProviderAuth(oss_credentials(instance_provider(url, clock=clock))), target.oss_url,
-                         bucket_name, connect_timeout=5)
+    bucket = oss2.Bucket(oss2.ProviderAuth(oss_credentials(provider)), oss_url, bucket_name, connect_timeout=5)
     events = Events()
-    why = await events.start(target.broker_url, OPERATOR, clock,
-                             tool_client_id(f"app-{options.instance_id}"))
+    why = "on an instance the app holds no broker identity: no events" if target is None else \
+        await events.start(target.broker_url, OPERATOR, clock, tool_client_id(f"app-{options.instance_id}"))
     if why:
         say(why)
     try:
-        say(f"calling OSS at {target.oss_url} ({bucket_name}) at {options.rate:g}/s for {options.duration:g}s "
+        say(f"calling OSS at {oss_url} ({bucket_name}) at {options.rate:g}/s for {options.duration:g}s "
             f"with credentials from {url}")
         workload = Workload(options, bucket, events.offer, say)
         elapsed = await workload.run()
@@ -399,7 +482,8 @@ def add_parser(sub: Any) -> None:
                                    "alibabacloud-credentials ECS RAM role provider), PutObject/GetObject with oss2 at a "
                                    "steady rate; every call's outcome (ok, denied, expired, error) and latency is counted "
                                    "and published on the bus (event/app/AppCallCompleted).")
-    p.add_argument("instance_id", metavar="InstanceId")
+    p.add_argument("instance_id", metavar="InstanceId", nargs="?", default="",
+                   help="the instance (with --on-instance: read from 100.100.100.200 when left out)")
     p.add_argument("--bucket", default="", help="bucket to use, created if missing (default ramsim-app-<instance id>)")
     p.add_argument("--rate", type=float, default=10.0, help="calls per second (default 10; 0 = as fast as possible)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
@@ -408,12 +492,20 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--size", type=int, default=256, help="object size in bytes (default 256)")
     p.add_argument("--output", choices=("table", "json"), default="table", help="summary format on stdout (default table)")
     p.add_argument("--cluster-file", help="cluster file (default: $RAMSIM_CLUSTER or .ramsim/cluster.json)")
+    p.add_argument("--on-instance", action="store_true",
+                   help="run inside an instance (a compose.yaml instance container, an rsi- namespace): the SDK reads "
+                        "http://100.100.100.200 with its defaults, no proxy and no cluster file; refused where that "
+                        "address is reached through a gateway (it could be the real one)")
+    p.add_argument("--oss-url", default="", help="with --on-instance: the OSS endpoint (compose.yaml: http://oss:8081)")
 
 
 def main(args: argparse.Namespace) -> int:
     options = Options(instance_id=args.instance_id, cluster_file=args.cluster_file, bucket=args.bucket, rate=args.rate,
                       duration=args.duration, max_calls=args.max_calls, key_prefix=args.key_prefix, size=args.size,
-                      output=args.output)
+                      output=args.output, on_instance=args.on_instance, oss_url=args.oss_url)
+    if options.on_instance != bool(options.oss_url) or not (options.instance_id or options.on_instance):
+        print("ramsim app: give an InstanceId (with a cluster file), or --on-instance with --oss-url", file=sys.stderr)
+        return 2
     if options.rate < 0 or options.duration < 0 or options.max_calls < 1 or not 0 <= options.size <= 1 << 20:
         print("ramsim app: --rate and --duration must be >= 0, --max-calls >= 1, --size 0..1048576", file=sys.stderr)
         return 2

@@ -109,6 +109,9 @@ def read_metadata(url: str, path: str, token: str | None = None) -> tuple[int, s
                                "/" + path.lstrip("/"), token or ""], capture_output=True, text=True, timeout=30)
         status, _, body = done.stdout.partition("\n")
         return (int(status), body) if status.isdigit() else (502, done.stderr.strip() or "no answer from the namespace")
+    if url.startswith("address:"):  # address mode (compose.yaml): only that instance's own address gets its view
+        raise api.Unreachable(f"{url}: only the instance at {url.removeprefix('address:')} reads this view; ask from inside it "
+                              f"(docker compose exec instance-N python3 -c ...), see deploy/README.md")
     base, user = split_user(url)
     request = urllib.request.Request(base.rstrip("/") + "/" + path.lstrip("/"))
     if user:  # a shared-mode view: the instance is the user name, sent as curl and requests send it

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metadata": ("services.cli.instances", "GET a metadata path as an instance sees it at http://100.100.100.200"),
     "app": ("services.cli.app", "run an application on an instance: OSS calls with its role's credentials, measured"),
     "trace": ("services.cli.trace", "the messages of each trace (live bus or a recording) as text, a Mermaid or an SVG sequence diagram"),
+    "deploy": ("services.cli.deploy", "compose.yaml's helpers: secrets (env files, on the host), broker, init and health (in containers)"),
     "check": ("services.cli.check", "check a recorded fault-run history (JSON lines) against the durability invariants"),
     "bench": ("services.cli.bench", "run the benchmarks (or those named); one table, dated rows appended to BENCHMARKS.md"),
     "soak": ("services.faults.soak", "random faults (kill -9, broker restarts, pauses) for minutes, then the checker"),

@@ -13,7 +13,7 @@ from services.runtime.settings import Settings
 def build(settings: Settings, entropy: Entropy) -> EcsCore:
     return EcsCore(account_id=settings.account_id, region_id=settings.region_id, zone_id=settings.zone_id,
                    credential_lifetime=settings.credential_lifetime, refresh_before=settings.refresh_before,
-                   entropy=entropy.token_bytes, refresh_jitter=settings.refresh_jitter)
+                   entropy=entropy.token_bytes, refresh_jitter=settings.refresh_jitter, vswitch_cidr=settings.vswitch_cidr)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,6 +21,7 @@ Instance states (only these transitions exist)::
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -47,6 +48,8 @@ RETRY_FIRST, RETRY_CAP = 2.0, 60.0  # simulated seconds: the first retry after a
 RESTART_SPREAD = 0.01  # simulated seconds per overdue refresh after a restart (capped at refresh_before / 4)
 MAX_USER_DATA = 32 * 1024
 MAX_TAGS = 20
+VSWITCH_CIDR = "172.16.0.0/16"  # the default vSwitch; RAMSIM_VSWITCH_CIDR sets another (compose.yaml: its instances' network)
+_PRIVATE_172 = ipaddress.IPv4Network("172.16.0.0/12")
 MAX_ATTACH_POLICY = 1024  # AttachInstanceRamRole's Policy, as Alibaba documents it
 BATCH_VIEWS = 100  # views per InstancesChanged (one message per host and step, in pieces of this many)
 REGISTER_PAGE = 100  # views per RegisterHostOk page (a host of 2,000 instances does not fit one message)
@@ -149,7 +152,8 @@ class EcsCore:
                              if isinstance(t, type) and issubclass(t, msgspec.Struct) and "generation" in t.__struct_fields__)})
 
     def __init__(self, *, account_id: str, region_id: str, zone_id: str, credential_lifetime: int,
-                 refresh_before: int, entropy: Callable[[int], bytes], refresh_jitter: float = 0.0) -> None:
+                 refresh_before: int, entropy: Callable[[int], bytes], refresh_jitter: float = 0.0,
+                 vswitch_cidr: str = VSWITCH_CIDR) -> None:
         self.account_id = account_id
         self.refresh_jitter = refresh_jitter  # a refresh comes up to this fraction of refresh_before earlier, at random
         self.region_id = region_id
@@ -157,6 +161,7 @@ class EcsCore:
         self.credential_lifetime = credential_lifetime
         self.refresh_before = refresh_before
         self._entropy = entropy
+        self.vswitch = ipaddress.IPv4Network(vswitch_cidr)  # the cluster's one vSwitch (a compose deployment: its instances' network)
         self.instances: dict[str, InstanceRecord] = {}
         self.cache = PolicyCache()
         self.vpc_id = "vpc-" + ids.instance_id(entropy(20))[2:]
@@ -437,6 +442,10 @@ class EcsCore:
             return errors.invalid_parameter("Tag", f"Give 1-{MAX_TAGS} tags, each with a Key.")
         if len(body.user_data) > MAX_USER_DATA:
             return error("InvalidUserData.SizeExceeded", f"The specified UserData exceeds {MAX_USER_DATA} bytes.")
+        if body.private_ip_address:
+            problem = self._private_ip_problem(body.private_ip_address, body.amount)
+            if problem is not None:
+                return problem
         if not self.hosts:
             return error("OperationDenied.NoStock", "No metadata host is registered to run instances on.", 403)
         checks = [ram.Check(action="ecs:RunInstances", resource=self._arn("*"))]
@@ -465,7 +474,7 @@ class EcsCore:
                                     region_id=self.region_id, zone_id=body.zone_id or self.zone_id,
                                     instance_type=body.instance_type, image_id=body.image_id,
                                     host_name="iZ" + instance_id[2:] + "Z", creation_time=iso(now)[:-4] + "Z"),
-                host_id=host_id, network=self._interface(), serial_number=_uuid(self._entropy(16)),
+                host_id=host_id, network=self._interface(body.private_ip_address), serial_number=_uuid(self._entropy(16)),
                 http_tokens=body.http_tokens, http_endpoint=body.http_endpoint, user_data=body.user_data,
                 description=body.description, tags=[m.Tag(tag_key=t.key, tag_value=t.value) for t in body.tag])
             self.instances[instance_id] = record
@@ -478,13 +487,34 @@ class EcsCore:
         effects.append(Log("instances_launched", "info", {"instance_ids": launched, "role": role.role_name if role else ""}))
         return [Reply(msg, m.RunInstancesOk(instance_id_sets=m.InstanceIdSets(instance_id_set=launched))), *effects]
 
-    def _interface(self) -> m.NetworkInterface:
-        """eth0 in the cluster's one VPC and vSwitch (172.16.0.0/16, gateway .253 as Alibaba's)."""
+    def _interface(self, private_ip: str = "") -> m.NetworkInterface:
+        """eth0 in the cluster's one VPC and vSwitch (172.16.0.0/16 unless configured; gateway the
+        vSwitch's last address but two, .253 as Alibaba's), at ``private_ip`` or a random address in it."""
         e = self._entropy(26)
+        net = self.vswitch
+        if not private_ip and net == ipaddress.IPv4Network(VSWITCH_CIDR):
+            private_ip = f"172.16.{e[3]}.{2 + e[4] % 250}"
+        elif not private_ip:  # from the network's second address up to its gateway, exclusive
+            private_ip = str(net.network_address + 2 + int.from_bytes(e[3:5], "big") % max(net.num_addresses - 5, 1))
         return m.NetworkInterface(
-            mac="00:16:3e:" + ":".join(f"{b:02x}" for b in e[:3]), private_ip=f"172.16.{e[3]}.{2 + e[4] % 250}",
+            mac="00:16:3e:" + ":".join(f"{b:02x}" for b in e[:3]), private_ip=private_ip,
             network_interface_id="eni-" + ids.instance_id(e[5:25])[2:], vpc_id=self.vpc_id, vswitch_id=self.vswitch_id,
-            vpc_cidr_block="172.16.0.0/12", vswitch_cidr_block="172.16.0.0/16", gateway="172.16.255.253", netmask="255.255.0.0")
+            vpc_cidr_block=str(net.supernet(new_prefix=min(net.prefixlen, 12))) if net.subnet_of(_PRIVATE_172) else str(net),
+            vswitch_cidr_block=str(net), gateway=str(net.broadcast_address - 2), netmask=str(net.netmask))
+
+    def _private_ip_problem(self, address: str, amount: int) -> Error | None:
+        """Why RunInstances cannot place an instance at ``address``, or None."""
+        if amount != 1:
+            return errors.invalid_parameter("PrivateIpAddress", "It can be given only with Amount 1.")
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            return error("InvalidPrivateIpAddress.Malformed", f"The specified PrivateIpAddress {address!r} is not an IPv4 address.")
+        if ip not in self.vswitch or ip in (self.vswitch.network_address, self.vswitch.broadcast_address):
+            return error("InvalidPrivateIpAddress.Malformed", f"The specified PrivateIpAddress is not in the vSwitch's CIDR block {self.vswitch}.")
+        if any(r.network.private_ip == address for r in self.instances.values()):
+            return error("InvalidPrivateIpAddress.Duplicated", "The specified PrivateIpAddress is already in use.")
+        return None
 
     # -- metadata options -----------------------------------------------------------------
     def _modify_metadata_options(self, msg: Envelope, now: float) -> list[Effect] | Error:

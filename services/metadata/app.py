@@ -9,7 +9,7 @@ from typing import AsyncIterator, Sequence
 from protocol.messages import ecs
 from services.metadata.core import MetadataCore
 from services.metadata.http import Listeners, SharedListener
-from services.metadata.netns import NamespaceError, NamespaceListeners
+from services.metadata.netns import AddressListener, NamespaceError, NamespaceListeners
 from services.runtime import service
 from services.runtime.driver import Driver
 from services.runtime.entropy import Entropy
@@ -40,8 +40,14 @@ async def http_listeners(driver: Driver, settings: Settings) -> AsyncIterator[No
             await driver.endpoint.send("ecs", ecs.InstanceEndpointsReady(host_id=core.host_id, endpoints=[
                 ecs.MetadataEndpoint(instance_id=i, host_id=core.host_id, url=url) for i, url in endpoints[start:start + ANNOUNCE_BATCH]]))
 
-    listeners: Listeners | NamespaceListeners
-    if settings.metadata_mode == "netns":
+    listeners: Listeners | SharedListener | NamespaceListeners | AddressListener
+    if settings.metadata_mode == "address":
+        try:
+            listeners = AddressListener(core, driver.clock, announce)
+            await listeners.start()
+        except NamespaceError as exc:
+            raise SystemExit(f"metadata agent: {exc}") from None
+    elif settings.metadata_mode == "netns":
         try:
             listeners = NamespaceListeners(core, driver.clock, announce, cluster=str(Path(settings.state_dir).resolve()))
             await listeners.start()
@@ -53,7 +59,7 @@ async def http_listeners(driver: Driver, settings: Settings) -> AsyncIterator[No
     elif settings.metadata_mode == "shared":
         listeners = SharedListener(core, driver.clock, settings.http_host, announce, settings.gateway_url, announce_many)
     else:
-        raise SystemExit(f"metadata agent: --metadata-mode must be port, shared or netns, not {settings.metadata_mode!r}")
+        raise SystemExit(f"metadata agent: --metadata-mode must be port, shared, netns or address, not {settings.metadata_mode!r}")
     driver.after_step = listeners.reconcile
     try:
         yield

@@ -18,6 +18,13 @@ another's address gets nowhere: the answer is routed to the other namespace, so 
 handshake never completes. Applications run "on" an instance with
 ``ip netns exec rsi-<suffix> <command>``; the announced endpoint is ``netns:rsi-<suffix>``.
 Namespaces are removed when the agent stops (and any left by a killed agent are replaced).
+
+Address mode (``--metadata-mode address``, :class:`AddressListener`) is the same answer without
+making anything: the agent already runs where ``100.100.100.200`` is its own address (a
+container given that fixed IP on the instances' network, as in ``compose.yaml``), binds
+``100.100.100.200:80`` and answers each request for the instance whose private IP it came from;
+the instances are whatever holds those IPs on that network. The announced endpoint is
+``address:<private ip>``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ log = structlog.get_logger("metadata.netns")
 METADATA_IP = "100.100.100.200"
 CLONE_NEWNET = 0x40000000
 PREFIX = "netns:"
+ADDRESS_PREFIX = "address:"
 
 
 class NamespaceError(Exception):
@@ -129,11 +137,7 @@ class NamespaceListeners(Ways):
         log.info("metadata_namespace_ready", namespace=self.namespace, address=f"{METADATA_IP}:80")
 
     async def _handle(self, request: web.BaseRequest) -> web.Response:
-        source = request.remote or ""
-        instance_id = next((i for i, (_, ip) in self._wired.items() if ip == source), None)
-        if instance_id is None:
-            return web.Response(status=403, text="Forbidden: no instance has this source address")
-        return self.answer(instance_id, request)
+        return by_source(self, {i: ip for i, (_, ip) in self._wired.items()}, request)
 
     async def _close(self, instance_id: str) -> None:
         _delete(self._wired.pop(instance_id)[0])
@@ -169,3 +173,55 @@ class NamespaceListeners(Ways):
             _delete(namespace)
         self._wired.clear()
         _delete(self.namespace)
+
+
+def by_source(ways: Ways, addresses: dict[str, str], request: web.BaseRequest) -> web.Response:
+    """The view of the instance whose private IP ``request`` came from (``addresses``: instance ->
+    IP); 403 for an address no instance has."""
+    source = request.remote or ""
+    instance_id = next((i for i, ip in addresses.items() if ip == source), None)
+    if instance_id is None:
+        return web.Response(status=403, text="Forbidden: no instance has this source address")
+    return ways.answer(instance_id, request)
+
+
+class AddressListener(Ways):
+    """Address mode: one listener on ``100.100.100.200:80``, an address this process already has
+    (a container's fixed IP); each instance's way in is its private IP, nothing to make."""
+
+    def __init__(self, core: MetadataCore, clock: Clock, announce: Announce, address: str = METADATA_IP, port: int = 80) -> None:
+        super().__init__(core, clock, announce)
+        self.address, self.port = address, port
+        self._ips: dict[str, str] = {}  # instance -> its private IP
+        self._runner: web.ServerRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.ServerRunner(server(self._handle), access_log=None)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self.address, self.port, reuse_address=True).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise NamespaceError(f"address mode: cannot listen on {self.address}:{self.port} ({exc.strerror}); the agent "
+                                 f"must hold {self.address} (a container with that fixed IP on the instances' network)") from None
+        log.info("metadata_address_ready", address=f"{self.address}:{self.port}")
+
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
+        return by_source(self, self._ips, request)
+
+    async def _open(self, instance_id: str) -> str:
+        ip = self.core.views[instance_id].network.private_ip
+        if ip in self._ips.values():
+            log.warning("private_ip_taken", instance_id=instance_id, private_ip=ip)  # its requests would be another's
+            return ""
+        self._ips[instance_id] = ip
+        log.info("instance_address_ready", instance_id=instance_id, private_ip=ip)
+        return ADDRESS_PREFIX + ip
+
+    async def _close(self, instance_id: str) -> None:
+        self._ips.pop(instance_id, None)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._ips.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from contextlib import AbstractAsyncContextManager
@@ -67,6 +68,8 @@ def open_store(node_id: str, settings: Settings, core: Core) -> Store | None:
 
 async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequence[Shell] = ()) -> None:
     log = structlog.get_logger(node_id)
+    if settings.ready_file:
+        Path(settings.ready_file).unlink(missing_ok=True)  # a previous run's, killed before it could delete it
     entropy = SystemEntropy()
     core = build(settings, entropy)
     store = open_store(node_id, settings, core)
@@ -84,6 +87,7 @@ async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequ
                 await stack.enter_async_context(shell(driver, settings))
             await driver.start()
             log.info("service_ready", node=node_id, broker=settings.broker_url.split("@")[-1])
+            mark_ready(settings)
             running = asyncio.create_task(driver.run(), name=f"{node_id}:driver")
             stopped = asyncio.create_task(stop.wait(), name=f"{node_id}:signals")
             await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -94,10 +98,20 @@ async def serve(node_id: str, settings: Settings, build: BuildCore, shells: Sequ
             if running.done() and not running.cancelled() and running.exception() is not None:
                 raise running.exception()  # type: ignore[misc]
     finally:
+        if settings.ready_file:
+            Path(settings.ready_file).unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             await bus.close()
         driver.close()
         log.info("service_stopped", node=node_id)
+
+
+def mark_ready(settings: Settings) -> None:
+    """Write ``settings.ready_file`` (this pid), what ``ramsim deploy health`` reads in a container."""
+    if settings.ready_file:
+        path = Path(settings.ready_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{os.getpid()}\n")
 
 
 def main(node_id: str, description: str, build: BuildCore, shells: Sequence[Shell] = (),

@@ -31,6 +31,8 @@ class Settings:
     zone_id: str = _opt("cn-hangzhou-i", "zone instances are placed in")
     credential_lifetime: int = _opt(3600, "seconds an instance's STS credential lasts (real ECS: 21600)")
     refresh_before: int = _opt(1800, "seconds before expiry that ECS issues the next credential")
+    vswitch_cidr: str = _opt("172.16.0.0/16", "ECS: the vSwitch instances get their private IPs in (RunInstances' PrivateIpAddress must be in it)")
+    ready_file: str = _opt("", "write this file (the pid) once the service is ready, delete it when it stops (a container healthcheck)")
     request_timeout: float = _opt(5.0, "real seconds to wait for a reply on the bus")
     host_id: str = _opt("host-1", "metadata agent: the simulated host it serves")
     http_host: str = _opt("127.0.0.1", "address HTTP servers listen on")
@@ -38,8 +40,9 @@ class Settings:
     gateway_url: str = _opt("", "metadata agent: where its proxy sends requests for hosts other than 100.100.100.200")
     metadata_mode: str = _opt("port", "metadata agent: port (a loopback port per instance), shared (one loopback port "
                                       "for all of the host's instances, named as http://<InstanceId>:@host:port or by a "
-                                      "/<InstanceId>/ path prefix) or netns (a network namespace per instance reaching "
-                                      "100.100.100.200; needs root)")
+                                      "/<InstanceId>/ path prefix), netns (a network namespace per instance reaching "
+                                      "100.100.100.200; needs root) or address (it holds 100.100.100.200 itself, as "
+                                      "compose.yaml's agent: answers by source address)")
     refresh_jitter: float = _opt(0.0, "ECS: refresh each credential up to this fraction of --refresh-before earlier, "
                                       "at random, so instances attached together do not refresh together (ramsim up "
                                       "passes 0.1; 0: exactly refresh_before early, as experiments expect)")

@@ -263,6 +263,36 @@ def test_instances_are_spread_over_registered_hosts_and_re_registration_returns_
     assert h.core.hosts == ["h1", "h2"]
 
 
+def test_run_instances_places_an_instance_at_its_private_ip_in_a_configured_vswitch() -> None:
+    """compose.yaml's instances are containers with fixed addresses: RunInstances' PrivateIpAddress
+    puts each instance's eth0 there, inside the vSwitch the cluster is configured with."""
+    h = Harness()
+    h.core = EcsCore(account_id=ACCOUNT, region_id=REGION, zone_id=ZONE, credential_lifetime=LIFETIME,
+                     refresh_before=REFRESH_BEFORE, entropy=entropy(7), vswitch_cidr="100.100.100.0/24")
+    h.register()
+    [view] = views(h.call(m.RunInstances(region_id=REGION, private_ip_address="100.100.100.11", caller=root())))
+    net = view.network
+    assert (net.private_ip, net.vswitch_cidr_block, net.netmask, net.gateway) == ("100.100.100.11", "100.100.100.0/24",
+                                                                                 "255.255.255.0", "100.100.100.253")
+    [drawn] = views(h.call(m.RunInstances(region_id=REGION, caller=root())))  # without one: an address in the vSwitch
+    assert drawn.network.private_ip.startswith("100.100.100.") and drawn.network.private_ip != "100.100.100.11"
+    for address, amount, code in [("100.100.100.11", 1, "InvalidPrivateIpAddress.Duplicated"),
+                                  ("172.16.0.5", 1, "InvalidPrivateIpAddress.Malformed"),
+                                  ("100.100.100.255", 1, "InvalidPrivateIpAddress.Malformed"),
+                                  ("not-an-ip", 1, "InvalidPrivateIpAddress.Malformed"),
+                                  ("100.100.100.12", 2, "InvalidParameter")]:
+        problem = error_of(h.call(m.RunInstances(region_id=REGION, private_ip_address=address, amount=amount, caller=root())))
+        assert problem.code == code, (address, problem)
+    assert len(h.core.instances) == 2
+
+
+def test_the_default_vswitch_is_172_16(h: Harness) -> None:
+    h.register()
+    [view] = views(h.call(m.RunInstances(region_id=REGION, caller=root())))
+    assert view.network.private_ip.startswith("172.16.") and view.network.vpc_cidr_block == "172.16.0.0/12"
+    assert view.network.gateway == "172.16.255.253"
+
+
 def test_run_instances_without_a_registered_host_is_no_stock(h: Harness) -> None:
     problem = error_of(h.call(m.RunInstances(region_id=REGION, caller=root())))
     assert (problem.code, problem.http_status) == ("OperationDenied.NoStock", 403)
