@@ -493,8 +493,17 @@ def kind(step: Any) -> str:
 def describe(step: Any) -> str:
     """One timeline step in words (the Mark's text): its kind and the fields it sets."""
     head = kind(step)
-    fields = {k: v for k, v in msgspec.structs.asdict(step).items() if k != "at" and v not in (None, "", [], 0, 0.0, False)}
-    return " ".join([str(head)] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()])
+    names = dict(zip(step.__struct_fields__, step.__struct_encode_fields__))  # as the file writes them: for, not for_
+    fields = {names[k]: v for k, v in msgspec.structs.asdict(step).items() if k != "at" and v not in (None, "", [], 0, 0.0, False)}
+    return " ".join([str(head)] + [f"{k}={_value(v)}" for k, v in fields.items()])
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, s.Percent):
+        return f"{v * 100:g}%"
+    if isinstance(v, (s.Duration, s.Skew)):
+        return f"{v:+g}s" if isinstance(v, s.Skew) else f"{v:g}s"
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _window_target(f: s.Fault, instance_ids: list[str]) -> str:
