@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 
 FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -10,7 +11,12 @@ _ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
 
 
 def iso(epoch: float) -> str:
-    return _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc).strftime(FORMAT)
+    return _iso(int(epoch))
+
+
+@functools.lru_cache(maxsize=8192)
+def _iso(second: int) -> str:  # a refresh wave stamps thousands of credentials with the same few seconds
+    return _dt.datetime.fromtimestamp(second, _dt.timezone.utc).strftime(FORMAT)
 
 
 def parse_iso(text: str) -> float:

@@ -36,6 +36,8 @@ from protocol.envelope import Envelope
 from protocol.errors import Error
 from protocol.messages import ecs as m
 from protocol.times import iso
+
+_string = json.encoder.encode_basestring_ascii  # how json.dumps writes a str (ensure_ascii)
 from services.runtime.effects import Effect, Log, Request, dispatch
 
 TOKEN_TTL_HEADER = "x-aliyun-ecs-metadata-token-ttl-seconds"
@@ -62,6 +64,7 @@ class MetadataCore:
         self._token_key = token_key
         self.views: dict[str, m.InstanceView] = {}
         self._trees: dict[str, tuple[int, dict[str, str]]] = {}  # rendered per view generation (the hot path)
+        self._bases: dict[str, tuple[tuple, dict[str, str]]] = {}  # the items besides the credential, per instance
         self.registered = 0  # how many times ECS answered RegisterHost (re-announce endpoints each time)
         self._registering = False
         self._table = {m.InstanceChanged: self._instance_changed}
@@ -209,7 +212,27 @@ class MetadataCore:
         return cached[1]
 
     def _tree(self, view: m.InstanceView) -> dict[str, str]:
-        """Every item of the instance's metadata, by path below ``/latest/``."""
+        """Every item of the instance's metadata, by path below ``/latest/``: the instance's own
+        items (rendered again only when they change, not at every credential rotation) and its
+        role's credential document."""
+        key = (view.account_id, view.region_id, view.zone_id, view.host_name, view.instance_type, view.image_id,
+               view.serial_number, view.network, view.user_data)
+        cached = self._bases.get(view.instance_id)
+        if cached is None or cached[0] != key:
+            cached = self._bases[view.instance_id] = (key, self._base(view))
+        tree = dict(cached[1])
+        if view.ram_role_name and view.credentials is not None:
+            c = view.credentials
+            # json.dumps(..., indent=2) of these six strings, byte for byte (indent makes json use its slow
+            # pure-Python encoder; this is its string escaping, in C)
+            tree[f"meta-data/ram/security-credentials/{view.ram_role_name}"] = (
+                '{\n  "AccessKeyId": ' + _string(c.access_key_id) + ',\n  "AccessKeySecret": ' + _string(c.access_key_secret)
+                + ',\n  "Expiration": ' + _string(iso(c.expiration)) + ',\n  "SecurityToken": ' + _string(c.security_token)
+                + ',\n  "LastUpdated": ' + _string(iso(c.last_updated)) + ',\n  "Code": "Success"\n}')
+        return tree
+
+    def _base(self, view: m.InstanceView) -> dict[str, str]:
+        """The instance's items other than its credential."""
         net = view.network
         md = {
             "instance-id": view.instance_id, "region-id": view.region_id, "zone-id": view.zone_id,
@@ -237,13 +260,6 @@ class MetadataCore:
                 tree["user-data"] = base64.b64decode(view.user_data, validate=True).decode("utf-8", "replace")
             except ValueError:
                 tree["user-data"] = view.user_data
-        if view.ram_role_name and view.credentials is not None:
-            c = view.credentials
-            tree[f"meta-data/ram/security-credentials/{view.ram_role_name}"] = json.dumps({
-                "AccessKeyId": c.access_key_id, "AccessKeySecret": c.access_key_secret,
-                "Expiration": iso(c.expiration), "SecurityToken": c.security_token,
-                "LastUpdated": iso(c.last_updated), "Code": "Success",
-            }, indent=2)
         return tree
 
     # -- hardened mode tokens -------------------------------------------------------------
