@@ -29,6 +29,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> None:
+    """Lay out (a legend outside the axes may leave tight_layout short of room: it warns, and
+    bbox_inches="tight" still keeps everything in the picture) and write the PNG."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
 def _span(f: Fault, end: float) -> tuple[float, float]:
     """A fault window, at least 0.4% of the run wide (a kill healed in 1 s must still show)."""
     stop = f.end if f.end is not None else end
@@ -73,8 +83,7 @@ def timeline(plt, path: Path, history: History, end: float) -> None:
     ax.set_xlabel("simulated seconds since t=0")
     ax.set_ylabel("fault target")
     ax.set_title("Timeline: fault windows, steps (dashed), refreshes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -108,8 +117,7 @@ def latency_cdf(plt, path: Path, history: History, x: s.Experiment) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Latency CDFs" + ("" if drawn else " (nothing measured)"))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -133,8 +141,7 @@ def app_success(plt, path: Path, history: History, end: float) -> None:
     ax.set_xlabel("simulated seconds since t=0")
     ax.set_ylabel(f"% calls ok per {bucket:g}s")
     ax.set_title("Application success rate" + ("" if keys else " (no calls)"))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -156,8 +163,7 @@ def credentials(plt, path: Path, history: History, end: float) -> None:
     ax.set_xlim(0, end)
     ax.set_xlabel("simulated seconds since t=0 (bar: visible -> expiry; overlap: both valid; gap: none valid)")
     ax.set_title(f"Credential lifetimes per instance (first {len(instances)})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
 
 
