@@ -22,7 +22,14 @@ def _iso(second: int) -> str:  # a refresh wave stamps thousands of credentials 
 def parse_iso(text: str) -> float:
     """Inverse of :func:`iso`; raises ValueError on anything else. (A regular expression and the
     datetime constructor, which checks the ranges: strptime took most of a refresh's time.)"""
-    match = _ISO.fullmatch(text) if isinstance(text, str) else None
+    if not isinstance(text, str):
+        raise ValueError(f"time data {text!r} does not match format {FORMAT!r}")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse(text: str) -> float:  # (a refresh wave's expirations share a few seconds; an error is not cached)
+    match = _ISO.fullmatch(text)
     if match is None:
         raise ValueError(f"time data {text!r} does not match format {FORMAT!r}")
     year, month, day, hour, minute, second = map(int, match.groups())

@@ -190,7 +190,8 @@ class Simulation:
             self.now = when
             counters.events += 1
             action(*args)
-        self.now = max(self.now, until)
+        if self.now < until:
+            self.now = until
 
     @property
     def pending_events(self) -> int:
