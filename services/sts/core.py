@@ -48,6 +48,7 @@ class StsCore:
         self.account_id = account_id
         self.keys = tokens.KeyRing(signing_key, key_rotation)
         self._entropy = entropy
+        self._trusted: dict[tuple[str, str], bool] = {}  # (trust policy, service) -> trusted (a pure function's answers)
         self._table = {
             m.AssumeRole: self._assume_role,
             m.GetCallerIdentity: self._get_caller_identity,
@@ -115,7 +116,7 @@ class StsCore:
             trust = policy.parse(body.role.assume_role_policy_document, trust=True)
             caller = assume.caller
             if caller.identity_type == "Service":
-                if not policy.trusts(trust, "Service", caller.arn):
+                if not self._service_trusted(body.role.assume_role_policy_document, trust, caller.arn):
                     return [Reply(request, errors.no_permission(f"The role does not trust {caller.arn}."))]
             else:
                 # the caller matches statements naming it or its account's root; a Deny in either wins
@@ -131,6 +132,17 @@ class StsCore:
                 return [Reply(request, errors.no_permission(decision.reason))]
             return self._mint(context, now)
         return [Reply(request, errors.internal_error()), Log("unexpected_reply", "error", {"type": type(body).__name__})]
+
+    def _service_trusted(self, text: str, trust: policy.Document, service: str) -> bool:
+        """policy.trusts(trust, "Service", service), remembered per (document, service): ECS asks
+        once per instance and refresh, always with the same few trust policies."""
+        key = (text, service)
+        found = self._trusted.get(key)
+        if found is None:
+            if len(self._trusted) >= 1024:
+                self._trusted.clear()
+            found = self._trusted[key] = policy.trusts(trust, "Service", service)
+        return found
 
     def _mint(self, context: Assume, now: float) -> list[Effect]:
         assume = context.request.body
