@@ -368,8 +368,8 @@ class Simulation:
         if not receivers:
             return
         now, heap, push = self.now, self._heap, heapq.heappush
-        if not self.rules:  # the common case: one copy, and no link fault on most receivers
-            deliver, at = self._deliver, now + delay
+        if not self.rules:  # the common case: one copy (an Envelope, never bytes: straight to _arrive), no link fault
+            deliver, at = self._arrive, now + delay
             for receiver in receivers:
                 link = receiver.link
                 if link is not None and link.direction != "up":
