@@ -48,6 +48,7 @@ class StsCore:
         self.account_id = account_id
         self.keys = tokens.KeyRing(signing_key, key_rotation)
         self._entropy = entropy
+        self._opened: dict[str, tuple[int, tokens.Claims]] = {}  # token -> (its key epoch, its claims)
         self._trusted: dict[tuple[str, str], bool] = {}  # (trust policy, service) -> trusted (a pure function's answers)
         self._table = {
             m.AssumeRole: self._assume_role,
@@ -176,7 +177,7 @@ class StsCore:
     def _authenticate(self, msg: Envelope, now: float) -> list[Effect]:
         body = msg.body
         assert isinstance(body, common.Authenticate)
-        claims = tokens.open_token(self.keys, body.security_token, now) if body.security_token else None
+        claims = self._open(body.security_token, now) if body.security_token else None
         if not body.security_token:
             problem = error("MissingSecurityToken", "The SecurityToken is required for STS credentials.")
         elif claims is None and tokens.outlived(self.keys, body.security_token, now):
@@ -194,6 +195,22 @@ class StsCore:
             return [Reply(msg, common.AuthenticateOk(principal=self.principal(claims), signing_key=signing_key,
                                                      valid_until=min(valid_until, claims.expires_at)))]
         return [Reply(msg, problem)]
+
+    def _open(self, token: str, now: float) -> tokens.Claims | None:
+        """tokens.open_token, its decryption remembered per token (an application signs many calls
+        with one): a remembered token's key epoch is judged against ``now`` each time, as
+        open_token judges it; a token that did not open is not remembered."""
+        hit = self._opened.get(token)
+        if hit is not None:
+            epoch, claims = hit
+            return claims if self.keys.oldest_valid_epoch(now) <= epoch <= self.keys.epoch(now) + 1 else None
+        claims = tokens.open_token(self.keys, token, now)
+        epoch = tokens.sealed_epoch(token) if claims is not None else None
+        if claims is not None and epoch is not None:
+            if len(self._opened) >= 8192:
+                self._opened.clear()
+            self._opened[token] = (epoch, claims)
+        return claims
 
     def principal(self, claims: tokens.Claims) -> common.Principal:
         """The assumed-role session a token stands for."""
