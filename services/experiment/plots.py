@@ -17,6 +17,7 @@ from services.experiment.checks import attach_latencies, rotations, sightings
 from services.faults.history import Call, Event, Fault, History, Mark
 
 SHOWN_INSTANCES = 40
+SHOWN_STEPS = 24  # timeline steps the timeline's legend spells out
 COLORS = {"kill": "#d62728", "restart": "#ff7f0e", "pause": "#9467bd", "link": "#1f77b4", "message": "#2ca02c",
           "clock_skew": "#8c564b", "api_errors": "#e377c2"}
 
@@ -60,18 +61,23 @@ def _fault_handles(history: History, alpha: float) -> list:
 def timeline(plt, path: Path, history: History, end: float) -> None:
     faults = history.of(Fault)
     targets = sorted({f.target for f in faults}) or ["(no faults)"]
-    fig, ax = plt.subplots(figsize=(12, 2.6 + 0.5 * len(targets)))
+    steps = min(len(history.of(Mark)), SHOWN_STEPS + 1)
+    fig, ax = plt.subplots(figsize=(12, max(2.6 + 0.5 * len(targets), 1.2 + 0.16 * (steps + 8))))
     for row, target in enumerate(targets):
         for f in (f for f in faults if f.target == target):
             start, stop = _span(f, end)
             ax.barh(row, stop - start, left=start, height=0.5, color=COLORS.get(f.kind, "grey"), alpha=0.7)
     handles = _fault_handles(history, 0.7)
     marks = history.of(Mark)
-    for m in marks:
+    for n, m in enumerate(marks, 1):  # numbered above the axes; the legend says what each number was
         ax.axvline(m.at, color="black", lw=0.6, ls="--")
-        ax.text(m.at, len(targets) - 0.45, " " + m.text[:40], fontsize=6, rotation=90, va="top")
+        ax.text(m.at, 1.01, str(n), transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7)
     if marks:
-        handles.append(ax.plot([], [], color="black", lw=0.6, ls="--", label="timeline step")[0])
+        handles.append(ax.plot([], [], color="black", lw=0.6, ls="--", label="timeline step (numbered):")[0])
+        for n, m in list(enumerate(marks, 1))[:SHOWN_STEPS]:
+            handles.append(ax.plot([], [], " ", label=f"{n}  t={m.at:g}s {m.text[:64]}")[0])
+        if len(marks) > SHOWN_STEPS:
+            handles.append(ax.plot([], [], " ", label=f"... {len(marks) - SHOWN_STEPS} more (history.jsonl: Mark)")[0])
     refreshes = [e.at for e in history.of(Event) if e.name == "InstanceCredentialsRefreshed"]
     if refreshes:
         handles.append(ax.plot(refreshes, [-0.6] * len(refreshes), "|", color="green", ms=6, label="credential refreshed")[0])
@@ -79,10 +85,10 @@ def timeline(plt, path: Path, history: History, end: float) -> None:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, borderaxespad=0)
     ax.set_yticks(range(len(targets)), targets)
     ax.set_xlim(0, end)
-    ax.set_ylim(-1, len(targets) + 1.6)
+    ax.set_ylim(-1, len(targets))
     ax.set_xlabel("simulated seconds since t=0")
     ax.set_ylabel("fault target")
-    ax.set_title("Timeline: fault windows, steps (dashed), refreshes")
+    ax.set_title("Timeline: fault windows, steps (dashed), refreshes", pad=16)
     _save(fig, path)
     plt.close(fig)
 
