@@ -451,7 +451,11 @@ async def run(options: Options, out: TextIO = sys.stdout, err: TextIO = sys.stde
         if not target.oss_url:
             say("the cluster file has no OssUrl: this cluster runs no OSS")
             return 2
-        url = next((i["MetadataUrl"] for i in instances(target) if i["InstanceId"] == options.instance_id), "")
+        # An ECS API call: in a thread, never on the loop (the live experiments run this loop beside the
+        # link proxies of `ramsim up --proxy`: a blocking call here would hold ECS's own link and wait
+        # out its timeout, a minute, before any instance got its role)
+        listed = await asyncio.to_thread(instances, target)
+        url = next((i["MetadataUrl"] for i in listed if i["InstanceId"] == options.instance_id), "")
         if not url:
             say(f"no running instance {options.instance_id} with a metadata view; see `ramsim instances`")
             return 2

@@ -14,9 +14,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import msgspec
 
 from protocol.errors import Error
 from protocol.messages import common, ram
@@ -84,7 +85,7 @@ class CallState:
 
 def parse_credential(body: str, role: str) -> Held | None:
     try:
-        doc = json.loads(body)
+        doc = msgspec.json.decode(body)  # (json.loads, faster: a probe parses every credential it sees)
         return Held(role, doc["AccessKeyId"], doc["AccessKeySecret"], doc["SecurityToken"], parse_iso(doc["Expiration"]))
     except (ValueError, KeyError, TypeError):
         return None

@@ -106,7 +106,8 @@ def _live(x: Any, out: Path, progress: Any) -> Any:
         from services.experiment.live import LiveError, run_live
     except ImportError:
         raise CliError("the live engine (services/experiment/live.py) is not in this build; run with --sim") from None
-    report = (lambda done, line: progress.line(done, x.settings.duration, line)) if progress is not None else (lambda done, line: None)
+    # run_live reports as the simulator does: progress(simulated seconds done, total, tallies)
+    report = progress.update if progress is not None else (lambda done, total, tally: None)
     try:
         return asyncio.run(run_live(x, out, report))
     except LiveError as exc:

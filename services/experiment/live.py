@@ -238,7 +238,11 @@ def start_apps(run: Run, indexes: range) -> None:
 
     # Each failed credential fetch is one of the application's outcomes, counted and recorded; the
     # credentials SDK also logs a traceback for it, which would flood the run's terminal.
-    logging.getLogger("credentials").setLevel(logging.CRITICAL)
+    # (Each of its modules sets that logger's level to INFO when it is imported, after this may
+    # have run: a filter stays.)
+    quiet = logging.getLogger("credentials")
+    if _quiet not in quiet.filters:
+        quiet.addFilter(_quiet)
     total = run.x.total_instances()
     remaining = max(0.0, run.start + run.x.settings.duration / run.scale - time.time())
     for workload in run.x.topology.apps:
@@ -251,6 +255,10 @@ def start_apps(run: Run, indexes: range) -> None:
                                   duration=remaining, output="json")
             run.apps.append(asyncio.create_task(app.run(options, out=io.StringIO(), err=io.StringIO()),
                                                 name=f"app:{run.instances[index]}"))
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
 
 
 async def stop_apps(run: Run, grace: float) -> None:

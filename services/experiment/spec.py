@@ -437,7 +437,25 @@ def _convert(value: Any, kind: Any, where: Path, located: _Located) -> Any:
         if missing:
             message = f"missing required field {missing.group(1)!r}"
         path = where + sub
+        if message.startswith("Invalid enum value") and path and isinstance(path[-1], str):
+            choices = _choices().get(path[-1])
+            if choices:
+                message += f" (expected one of {', '.join(choices)})"
         raise SpecError("", [Issue(located.line(path), format_path(path), _lower(message))]) from None
+
+
+_CHOICES: dict[str, list[str]] = {}
+
+
+def _choices() -> dict[str, list[str]]:
+    """Field name -> the values it may take, from the schema (for an error naming the choices)."""
+    if not _CHOICES:
+        for definition in schema()["$defs"].values():
+            for name, prop in definition.get("properties", {}).items():
+                for option in [prop, *prop.get("anyOf", [])]:
+                    if "enum" in option and len(option["enum"]) > 1:
+                        _CHOICES.setdefault(name, [str(v) for v in option["enum"]])
+    return _CHOICES
 
 
 def _lower(message: str) -> str:
@@ -510,9 +528,15 @@ def select(instances: Instances, count: int) -> list[int]:
     return chosen
 
 
+MIN_LIFETIME, MAX_LIFETIME = 900.0, 43200.0   # AssumeRole's DurationSeconds for a service-trusted role
+
+
 def _semantics(x: Experiment) -> list[tuple[Path, str]]:
     out: list[tuple[Path, str]] = []
     s, t = x.settings, x.topology
+    if not MIN_LIFETIME <= s.credential_lifetime <= MAX_LIFETIME:
+        out.append((("settings", "credential_lifetime"), f"must be between 15m and 12h (STS issues {MIN_LIFETIME:g}..{MAX_LIFETIME:g} "
+                                                         f"seconds to an instance's role), got {s.credential_lifetime:g}s"))
     if s.refresh_before >= s.credential_lifetime:
         out.append((("settings", "refresh_before"), "must be less than credential_lifetime"))
     for name in ("duration", "probe_interval", "credential_lifetime", "request_timeout"):

@@ -57,14 +57,17 @@ NOT_FOUND = Answer(404, "Not Found")
 CREDENTIAL_UNAVAILABLE = "CredentialUnavailable"  # Code of the answer for a role whose newest credential expired
 
 
+_string = json.encoder.encode_basestring_ascii  # how json.dumps writes a str (ensure_ascii)
+
+
 def _credential_json(view: m.InstanceView) -> str:
+    """``json.dumps`` of the six items with ``indent=2``, byte for byte: indent makes json use its slow
+    pure-Python encoder, so this is its string escaping, in C (the simulator renders one per rotation)."""
     c = view.credentials
     assert c is not None
-    return json.dumps({
-        "AccessKeyId": c.access_key_id, "AccessKeySecret": c.access_key_secret,
-        "Expiration": iso(c.expiration), "SecurityToken": c.security_token,
-        "LastUpdated": iso(c.last_updated), "Code": "Success",
-    }, indent=2)
+    return ('{\n  "AccessKeyId": ' + _string(c.access_key_id) + ',\n  "AccessKeySecret": ' + _string(c.access_key_secret)
+            + ',\n  "Expiration": ' + _string(iso(c.expiration)) + ',\n  "SecurityToken": ' + _string(c.security_token)
+            + ',\n  "LastUpdated": ' + _string(iso(c.last_updated)) + ',\n  "Code": "Success"\n}')
 
 
 class MetadataCore:

@@ -68,6 +68,8 @@ class StsCore:
         self.account_id = account_id
         self.keys = tokens.KeyRing(signing_key, key_rotation)
         self._entropy = entropy
+        self._opened: dict[str, tuple[int, tokens.Claims]] = {}  # token -> (its key epoch, its claims)
+        self._trusted: dict[tuple[str, str], bool] = {}  # (trust policy, service) -> trusted (a pure function's answers)
         self._table = {
             m.AssumeRole: self._assume_role,
             m.AssumeRoles: self._assume_roles,
@@ -184,7 +186,7 @@ class StsCore:
             trust = policy.parse(body.role.assume_role_policy_document, trust=True)
             caller = assume.caller
             if caller.identity_type == "Service":
-                if not policy.trusts(trust, "Service", caller.arn):
+                if not self._service_trusted(body.role.assume_role_policy_document, trust, caller.arn):
                     return [Reply(request, errors.no_permission(f"The role does not trust {caller.arn}."))]
             else:
                 # the caller matches statements naming it or its account's root; a Deny in either wins
@@ -200,6 +202,17 @@ class StsCore:
                 return [Reply(request, explain.denied("NoPermission", NO_PERMISSION, 403, assume.caller, "sts:AssumeRole", decision))]
             return self._mint(context, now)
         return [Reply(request, errors.internal_error()), Log("unexpected_reply", "error", {"type": type(body).__name__})]
+
+    def _service_trusted(self, text: str, trust: policy.Document, service: str) -> bool:
+        """policy.trusts(trust, "Service", service), remembered per (document, service): ECS asks
+        once per instance and refresh, always with the same few trust policies."""
+        key = (text, service)
+        found = self._trusted.get(key)
+        if found is None:
+            if len(self._trusted) >= 1024:
+                self._trusted.clear()
+            found = self._trusted[key] = policy.trusts(trust, "Service", service)
+        return found
 
     def _mint(self, context: Assume, now: float) -> list[Effect]:
         assume = context.request.body
@@ -237,7 +250,7 @@ class StsCore:
     def _authenticate(self, msg: Envelope, now: float) -> list[Effect]:
         body = msg.body
         assert isinstance(body, common.Authenticate)
-        claims = tokens.open_token(self.keys, body.security_token, now) if body.security_token else None
+        claims = self._open(body.security_token, now) if body.security_token else None
         if not body.security_token:
             problem = error("MissingSecurityToken", "The SecurityToken is required for STS credentials.")
         elif claims is None and tokens.outlived(self.keys, body.security_token, now):
@@ -255,6 +268,22 @@ class StsCore:
             return [Reply(msg, common.AuthenticateOk(principal=self.principal(claims), signing_key=signing_key,
                                                      valid_until=min(valid_until, claims.expires_at)))]
         return [Reply(msg, problem)]
+
+    def _open(self, token: str, now: float) -> tokens.Claims | None:
+        """tokens.open_token, its decryption remembered per token (an application signs many calls
+        with one): a remembered token's key epoch is judged against ``now`` each time, as
+        open_token judges it; a token that did not open is not remembered."""
+        hit = self._opened.get(token)
+        if hit is not None:
+            epoch, claims = hit
+            return claims if self.keys.oldest_valid_epoch(now) <= epoch <= self.keys.epoch(now) + 1 else None
+        claims = tokens.open_token(self.keys, token, now)
+        epoch = tokens.sealed_epoch(token) if claims is not None else None
+        if claims is not None and epoch is not None:
+            if len(self._opened) >= 8192:
+                self._opened.clear()
+            self._opened[token] = (epoch, claims)
+        return claims
 
     def principal(self, claims: tokens.Claims) -> common.Principal:
         """The assumed-role session a token stands for."""

@@ -113,13 +113,19 @@ def open_token(ring: KeyRing, token: str, now: float) -> Claims | None:
 def outlived(ring: KeyRing, token: str, now: float) -> bool:
     """Was this token sealed in an epoch so old that any session from it has expired? (Such a
     token is refused as expired, whether or not it is authentic: the old key no longer counts.)"""
+    epoch = sealed_epoch(token)
+    return epoch is not None and epoch < ring.oldest_valid_epoch(now)
+
+
+def sealed_epoch(token: str) -> int | None:
+    """The key epoch a token's header names (None: no header of this version)."""
     text = token[len(PREFIX):] if token.startswith(PREFIX) else ""
     try:
         raw = base64.urlsafe_b64decode(text[:8] + "=" * (-len(text[:8]) % 4))
         version, epoch = _HEADER.unpack_from(raw)
     except (ValueError, TypeError, struct.error):
-        return False
-    return version == VERSION and epoch < ring.oldest_valid_epoch(now)
+        return None
+    return epoch if version == VERSION else None
 
 
 def policy_digest(policy: str) -> str:

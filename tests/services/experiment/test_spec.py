@@ -162,3 +162,13 @@ def test_the_schema_describes_the_steps_and_checks():
     assert s["$defs"]["Pause"]["properties"]["fault"] == {"enum": ["pause"]}
     assert "for" in s["$defs"]["Pause"]["properties"] and s["$defs"]["Pause"]["additionalProperties"] is False
     assert set(s["$defs"]["Check"]["properties"]["invariant"]["anyOf"][0]["enum"]) == set(spec.INVARIANTS)
+
+
+def test_a_lifetime_sts_would_refuse_and_a_wrong_choice_are_named_with_their_fix():
+    with pytest.raises(SpecError) as exc:
+        spec.loads("name: x\nsettings:\n  credential_lifetime: 5m\n  refresh_before: 2m\n", "x.yaml")
+    assert exc.value.lines() == ["x.yaml:3: settings.credential_lifetime: must be between 15m and 12h "
+                                 "(STS issues 900..43200 seconds to an instance's role), got 300s"]
+    with pytest.raises(SpecError) as exc:
+        spec.loads("name: x\ntimeline:\n  - {at: 0s, fault: link, target: sts, distribution: gauss}\n", "x.yaml")
+    assert exc.value.lines() == ["x.yaml:3: timeline[0].distribution: invalid enum value 'gauss' (expected one of normal, pareto, uniform)"]
