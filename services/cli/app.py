@@ -151,16 +151,40 @@ def _imds_enabled_for_a_proxied_provider() -> Iterator[None]:
         auth_util.environment_ecs_metadata_disabled = before
 
 
-def instance_provider(metadata_url: str, role_name: str | None = None) -> Any:
-    """The real ECS RAM role credentials provider, reading ``metadata_url``'s view as 100.100.100.200."""
-    parts = urllib.parse.urlsplit(metadata_url)  # a shared-mode view names its instance as the user: http://<id>@127.0.0.1:PORT
+def _on_the_cluster_clock(provider_class: type, clock: Any) -> type:
+    """``provider_class`` with its two cache moments on a time-scaled cluster's clock. The SDK keeps a
+    credential until 15 minutes before its Expiration and asks again an hour after a fetch, both read
+    on this machine's clock; a scaled cluster's Expiration is simulated time (at 600x an hour's
+    credential lives 6 real seconds), so unchanged the SDK would serve a long-expired token. Only
+    those two moments are mapped to real time; the SDK fetches, parses and caches as it always does."""
+
+    def real(simulated: float) -> int:
+        return int(time.time() + (simulated - clock.now()) / clock.scale)
+
+    class OnTheClusterClock(provider_class):  # type: ignore[misc, valid-type]
+        def _get_stale_time(self, expiration: int) -> int:
+            return super()._get_stale_time(expiration) if expiration < 0 else real(expiration - 15 * 60)
+
+        def _get_prefetch_time(self, expiration: int) -> int:
+            return super()._get_prefetch_time(expiration) if expiration < 0 else real(clock.now() + 60 * 60)
+
+    return OnTheClusterClock
+
+
+def instance_provider(metadata_url: str, role_name: str | None = None, clock: Any = None) -> Any:
+    """The real ECS RAM role credentials provider, reading ``metadata_url``'s view as 100.100.100.200;
+    ``clock``: the cluster's (a ScaledClock), when it runs faster than the wall."""
+    parts = urllib.parse.urlsplit(metadata_url)  # a shared-mode view names its instance as the user: http://<id>:@127.0.0.1:PORT
     if parts.scheme != "http" or not (parts.hostname == "localhost" or (parts.hostname or "").startswith("127.") or parts.hostname == "::1"):
         raise ValueError(f"refusing a metadata proxy that is not a local listener: {metadata_url!r}")
     from alibabacloud_credentials.http import HttpOptions
     from alibabacloud_credentials.provider.ecs_ram_role import EcsRamRoleCredentialsProvider
 
+    provider_class = EcsRamRoleCredentialsProvider
+    if clock is not None and clock.scale != 1:
+        provider_class = _on_the_cluster_clock(provider_class, clock)
     with _imds_enabled_for_a_proxied_provider():
-        return EcsRamRoleCredentialsProvider(role_name=role_name, async_update_enabled=False,
+        return provider_class(role_name=role_name, async_update_enabled=False,
                                              http_options=HttpOptions(proxy=metadata_url.rstrip("/"), connect_timeout=2000,
                                                                       read_timeout=2000))
 
@@ -200,6 +224,21 @@ class Workload:
         self.previous: str | None = None
         self.stored: tuple[str, bytes] | None = None
         self.sequence = 0
+        self.bucket_ready = False
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket before the first PutObject, and again before each one until that worked:
+        an application started before its instance has a role (the metadata view 404s) must not
+        give up on its bucket, it gets one once the role arrives. An existing bucket is fine."""
+        if self.bucket_ready:
+            return
+        try:
+            self.bucket.create_bucket()
+            self.say(f"created bucket {self.bucket.bucket_name}")
+        except Exception as exc:  # noqa: BLE001 - classified by the caller, as the call's outcome
+            if classify(exc)[1] != "BucketAlreadyExists":
+                raise
+        self.bucket_ready = True
 
     def one_call(self) -> Call:
         operation = next_operation(self.previous, self.stored[0] if self.stored else None)
@@ -208,6 +247,7 @@ class Workload:
         started = time.perf_counter()
         try:
             if operation == PUT:
+                self.ensure_bucket()
                 self.sequence += 1
                 key = f"{self.options.key_prefix}{self.options.instance_id}/{self.sequence:08d}"
                 data = os.urandom(self.options.size)
@@ -333,20 +373,15 @@ async def run(options: Options, out: TextIO = sys.stdout, err: TextIO = sys.stde
         say(f"no running instance {options.instance_id} with a metadata view; see `ramsim instances`")
         return 2
     bucket_name = options.bucket or _bucket_name(options.instance_id)
-    bucket = oss2.Bucket(oss2.ProviderAuth(oss_credentials(instance_provider(url))), target.oss_url, bucket_name,
-                         connect_timeout=5)
+    clock = ScaledClock(target.time_scale, target.time_origin)
+    bucket = oss2.Bucket(oss2.ProviderAuth(oss_credentials(instance_provider(url, clock=clock))), target.oss_url,
+                         bucket_name, connect_timeout=5)
     events = Events()
-    why = await events.start(target.broker_url, OPERATOR, ScaledClock(target.time_scale, target.time_origin),
+    why = await events.start(target.broker_url, OPERATOR, clock,
                              tool_client_id(f"app-{options.instance_id}"))
     if why:
         say(why)
     try:
-        try:
-            await asyncio.to_thread(bucket.create_bucket)
-            say(f"created bucket {bucket_name}")
-        except Exception as exc:  # noqa: BLE001 - an existing bucket is fine; anything else shows in the calls
-            if classify(exc)[1] != "BucketAlreadyExists":
-                say(f"could not create bucket {bucket_name}: {classify(exc)[1]}")
         say(f"calling OSS at {target.oss_url} ({bucket_name}) at {options.rate:g}/s for {options.duration:g}s "
             f"with credentials from {url}")
         workload = Workload(options, bucket, events.offer, say)

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import oss2
+from alibabacloud_credentials.exceptions import CredentialException
 import pytest
 
 from protocol import codec
@@ -79,11 +80,22 @@ class FakeResult:
 
 
 class FakeBucket:
-    """Denies every call after ``deny_after`` calls; can corrupt reads."""
+    """Denies every call after ``deny_after`` calls; can corrupt reads; ``no_role_for`` calls fail as the
+    credentials provider does while the instance has no role yet (its metadata view 404s)."""
 
-    def __init__(self, deny_after: int = 10**9, corrupt: bool = False) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.calls, self.deny_after, self.corrupt = 0, deny_after, corrupt
+    bucket_name = "b"
+
+    def __init__(self, deny_after: int = 10**9, corrupt: bool = False, no_role_for: int = 0) -> None:
+        self.objects: dict[str, bytes] | None = {} if not no_role_for else None  # None: not created yet
+        self.calls, self.deny_after, self.corrupt, self.no_role_for = 0, deny_after, corrupt, no_role_for
+
+    def create_bucket(self) -> None:
+        if self.no_role_for > 0:
+            self.no_role_for -= 1
+            raise CredentialException("Failed to get RAM session credentials from ECS metadata service. HttpCode=404")
+        if self.objects is not None:
+            raise server_error("BucketAlreadyExists", kind=oss2.exceptions.Conflict)
+        self.objects = {}
 
     def _count(self) -> None:
         self.calls += 1
@@ -92,6 +104,8 @@ class FakeBucket:
 
     def put_object(self, key: str, data: bytes) -> FakeResult:
         self._count()
+        if self.objects is None:
+            raise server_error("NoSuchBucket", kind=oss2.exceptions.NoSuchBucket)
         self.objects[key] = data
         return FakeResult()
 
@@ -112,6 +126,24 @@ def test_workload_records_every_call_and_publishes_an_event_for_each() -> None:
     assert all(e.instance_id == "i-1" and e.request_id == "RID" and e.latency_ms >= 0 for e in published)
     envelope = codec.decode(codec.encode(Envelope(src="operator", dest="*", msg_id=1, body=published[0])))
     assert envelope.body == published[0]
+
+
+def test_an_application_started_before_its_role_gets_its_bucket_once_the_role_arrives() -> None:
+    lines: list[str] = []
+    bucket = FakeBucket(no_role_for=2)
+    workload = app.Workload(app.Options(instance_id="i-1", rate=0, max_calls=6), bucket, lambda e: None, lines.append)
+    asyncio.run(workload.run())
+    assert [(c.operation, c.outcome, c.code) for c in workload.stats.calls] == [
+        ("PutObject", "error", "CredentialException"), ("PutObject", "error", "CredentialException"),
+        ("PutObject", "ok", ""), ("GetObject", "ok", ""), ("PutObject", "ok", ""), ("GetObject", "ok", "")]
+    assert lines.count("created bucket b") == 1  # asked again only until it worked
+
+
+def test_an_existing_bucket_is_used_as_it_is() -> None:
+    bucket = FakeBucket()
+    workload = app.Workload(app.Options(instance_id="i-1", rate=0, max_calls=2), bucket, lambda e: None, lambda line: None)
+    asyncio.run(workload.run())
+    assert [c.outcome for c in workload.stats.calls] == ["ok", "ok"] and workload.bucket_ready
 
 
 def test_a_read_that_returns_other_bytes_is_an_error() -> None:
@@ -137,3 +169,22 @@ def test_the_provider_is_built_only_with_a_local_proxy_and_metadata_stays_disabl
     provider = app.instance_provider("http://127.0.0.1:9")
     assert auth_util.environment_ecs_metadata_disabled == "true"  # lifted only while building the proxied provider
     assert provider is not None
+
+
+def test_on_a_time_scaled_cluster_the_sdk_asks_again_before_the_simulated_expiration() -> None:
+    """At 600x an hour's credential lives six real seconds: the SDK's cache (15 minutes before
+    Expiration, read on the wall clock) is moved onto the cluster's clock, 45 simulated minutes =
+    4.5 real seconds; on an unscaled cluster the provider is the SDK's own class."""
+    import time
+
+    from alibabacloud_credentials.provider.ecs_ram_role import EcsRamRoleCredentialsProvider
+
+    from services.runtime.clock import ScaledClock
+
+    clock = ScaledClock(600, origin=time.time() - 1000)
+    provider = app.instance_provider("http://127.0.0.1:9", clock=clock)
+    expiration = int(clock.now() + 3600)
+    assert abs(provider._get_stale_time(expiration) - (time.time() + 4.5)) <= 1.5
+    assert abs(provider._get_prefetch_time(expiration) - (time.time() + 6)) <= 1.5
+    assert provider._get_stale_time(-1) > time.time() + 3000  # no Expiration: the SDK's own rule
+    assert type(app.instance_provider("http://127.0.0.1:9", clock=ScaledClock(1))) is EcsRamRoleCredentialsProvider
