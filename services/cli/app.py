@@ -175,7 +175,7 @@ def _on_the_cluster_clock(provider_class: type, clock: Any) -> type:
 def instance_provider(metadata_url: str, role_name: str | None = None, clock: Any = None) -> Any:
     """The real ECS RAM role credentials provider, reading ``metadata_url``'s view as 100.100.100.200;
     ``clock``: the cluster's (a ScaledClock), when it runs faster than the wall."""
-    parts = urllib.parse.urlsplit(metadata_url)  # a shared-mode view names its instance as the user: http://<id>@127.0.0.1:PORT
+    parts = urllib.parse.urlsplit(metadata_url)  # a shared-mode view names its instance as the user: http://<id>:@127.0.0.1:PORT
     if parts.scheme != "http" or not (parts.hostname == "localhost" or (parts.hostname or "").startswith("127.") or parts.hostname == "::1"):
         raise ValueError(f"refusing a metadata proxy that is not a local listener: {metadata_url!r}")
     from alibabacloud_credentials.http import HttpOptions

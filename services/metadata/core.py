@@ -135,7 +135,7 @@ class MetadataCore:
         if view.host_id != self.host_id:
             return [Log("view_for_other_host", "warning", {"instance_id": view.instance_id, "host_id": view.host_id})]
         applied = self._apply(view)
-        return [Log("instance_view_applied" if applied else "instance_view_stale", "info",
+        return [Log("instance_view_applied" if applied else "instance_view_stale", "debug",  # one per refresh: not at info
                     {"instance_id": view.instance_id, "generation": view.generation, "role": view.ram_role_name}),
                 *(self._restored(view, now) if applied else [])]
 

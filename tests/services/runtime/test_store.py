@@ -66,6 +66,16 @@ def test_commit_writes_rows_outbox_and_replies_together(tmp_path: Path) -> None:
     assert again.replies() == {("gateway", 7): ("topic/r", b"reply")}
 
 
+def test_outbox_ids_returned_are_the_rows_written_batch_after_batch(tmp_path: Path) -> None:
+    store = Store(tmp_path / "n.db")
+    first = store.commit({"t": {"a": b"1", "b": b"2"}}, [("x/1", b"p1"), ("x/2", b"p2"), ("x/3", b"p3")])
+    assert [i for i, _, _ in store.outbox()] == first and len(set(first)) == 3
+    second = store.commit({"t": {"a": None}}, [("x/4", b"p4")], sent=first[:2])  # forgetting does not reuse ids
+    assert [(i, t) for i, t, _ in store.outbox()] == [(first[2], "x/3"), (second[0], "x/4")] and second[0] > first[2]
+    assert store.commit({}, []) == [] and store.rows() == {"t": {"b": b"2"}}
+    store.close()
+
+
 def test_a_failed_transaction_changes_nothing(tmp_path: Path) -> None:
     store = Store(tmp_path / "n.db")
     store.commit({"t": {"a": b"1"}})
