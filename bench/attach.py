@@ -13,7 +13,7 @@ On a private cluster (Mosquitto + one process per service, as ``ramsim up``):
   100 instances     one AttachInstanceRamRole naming 100 InstanceIds, until all 100 answer 200
                     (every one polled concurrently, keep-alive); p50/p99 over the rounds (target p99 <= 50 ms)
   10,000 instances  100 attach calls of 100 (8 at a time), until all 10,000 answer 200, once
-                    (target <= 2 s); needs the shared metadata mode (h13s), skipped with --quick
+                    (target <= 2 s); skipped with --quick
 
 The pollers run in this process: their own GETs are inside the figures, so the figures are
 upper bounds; the baseline column gives the poller's resolution (the median time of one poll,
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fleet import CREDENTIALS, ROLE, Poller, attach, cluster, create_role, detach, endpoints, launch, p50_p99_ms  # noqa: E402
 from recording import Row, verdict  # noqa: E402
-from suite import SCALE_NEEDED, Context, scale_available  # noqa: E402
+from suite import Context  # noqa: E402
 
 
 async def broker_floor(running, rounds: int) -> list[float]:
@@ -141,8 +141,6 @@ async def run_attach(ctx: Context) -> list[Row]:
     measure = "attach -> all visible, 10,000 instances (100 calls of 100), s"
     if ctx.quick:
         rows.append(Row("attach", measure, "", "", "<= 2 s", "skipped (--quick)"))
-    elif not scale_available():
-        rows.append(Row("attach", measure, "", "", "<= 2 s", SCALE_NEEDED))
     else:
         async with cluster(ctx.workdir, "attach-10k", shared=True, hosts=5, ready_timeout=120) as running:
             await asyncio.to_thread(create_role, running)

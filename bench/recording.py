@@ -3,7 +3,7 @@
 Every benchmark (``ramsim bench`` and each ``python bench/<name>.py``) returns a list of
 :class:`Row`: what was measured, its value, the baseline measured in the same run beside it,
 the target and the verdict (``PASS``/``MISS``; empty when the row has no target; or why the row
-was not measured, e.g. ``needs scale (h13s)``). :func:`append` adds one dated section to
+was not measured, e.g. ``skipped (--quick)``). :func:`append` adds one dated section to
 ``BENCHMARKS.md`` (created with a short header when missing): a heading with the date and the
 command, the machine line (with the load average), and a Markdown table whose every row
 carries its date, so a row copied elsewhere still says when it was measured. Nothing here

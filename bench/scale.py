@@ -10,15 +10,15 @@ The ``refresh``, ``memory`` and ``startup`` benchmarks of ``ramsim bench``:
            instance's credentials in turn, counting each one served already expired (by the
            cluster's simulated clock: must be 0) and each 503 (each instance read about once a
            simulated minute, the poller's sweeps paced to one a second); the baseline is the schedule's own
-           rate (instances / 30 simulated minutes). Needs the shared metadata mode (h13s); until
-           then, and with --quick, it runs at 1,000 (quick: 100) instances on loopback ports.
+           rate (instances / 30 simulated minutes). With --quick it runs at
+           100 instances.
   memory   RSS (VmRSS) of every process of a cluster with no instance, then with N instances
            holding a role on ONE metadata agent (N = 1,000; 100 with --quick), as KiB per 1,000
            hosted instances (target: agent <= 5 KiB per instance); their metadata views share
-           one port when ``ramsim up`` has the shared mode (h13s), else each has its own.
+           one port (the shared metadata mode).
   startup  `ramsim up --instances N` (a new process, a new state dir) until it prints that the
            cluster is ready, for N = 100, 1,000 and 10,000 (quick: 100), beside N = 0, the
-           cluster's own start-up (target: 10,000 ready <= 30 s). 1,000 and 10,000 need h13s.
+           cluster's own start-up (target: 10,000 ready <= 30 s).
 
 Everything talks to 127.0.0.1 only; every loop is bounded by a deadline.
 """
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fleet import ROLE, Poller, cluster, create_role, launch, port_taken, quiet_ports, rss_kib, serving  # noqa: E402
 from recording import Row, verdict  # noqa: E402
-from suite import SCALE_NEEDED, Context, scale_available  # noqa: E402
+from suite import Context  # noqa: E402
 
 LIFETIME, REFRESH_BEFORE, TIME_SCALE = 3600, 1800, 60.0
 SWEEP_EVERY = 1.0  # real seconds between two reads of one instance's credentials (at most)
@@ -118,15 +118,13 @@ async def watch(running, urls: dict[str, str], seconds: float, say) -> dict[str,
 
 
 async def run_refresh(ctx: Context) -> list[Row]:
-    scale = scale_available()
-    count = ctx.count(10_000 if scale else 1_000, 100)
+    count = ctx.count(10_000, 100)
     seconds = ctx.phase(300, 40)
     rows: list[Row] = []
     if count < 10_000:
-        why = "skipped (--quick)" if ctx.quick else SCALE_NEEDED
-        rows.append(Row("refresh", "refreshes/s, 10,000 instances, --time-scale 60", "", "", "", why))
-        rows.append(Row("refresh", "credentials served expired, 10,000 instances, --time-scale 60", "", "", "0", why))
-    async with cluster(ctx.workdir, "refresh", shared=scale, hosts=max(1, count // 2000), time_scale=TIME_SCALE,
+        rows.append(Row("refresh", "refreshes/s, 10,000 instances, --time-scale 60", "", "", "", "skipped (--quick)"))
+        rows.append(Row("refresh", "credentials served expired, 10,000 instances, --time-scale 60", "", "", "0", "skipped (--quick)"))
+    async with cluster(ctx.workdir, "refresh", shared=True, hosts=max(1, count // 2000), time_scale=TIME_SCALE,
                        ready_timeout=120) as running:
         await asyncio.to_thread(create_role, running)
         ctx.say(f"refresh: launching {count:,} instances with a role")
@@ -162,9 +160,8 @@ async def settled_rss(processes, rounds: int = 5) -> dict[str, int]:
 
 
 async def run_memory(ctx: Context) -> list[Row]:
-    scale = scale_available()
     count = ctx.count(1_000, 100)
-    async with cluster(ctx.workdir, "memory", shared=scale, hosts=1, ready_timeout=120) as running:
+    async with cluster(ctx.workdir, "memory", shared=True, hosts=1, ready_timeout=120) as running:
         await asyncio.to_thread(create_role, running)
         before = await settled_rss(running.processes)
         ctx.say(f"memory: launching {count:,} instances with a role on one agent")
@@ -172,7 +169,7 @@ async def run_memory(ctx: Context) -> list[Row]:
         await serving(running, ids, ROLE, 300)
         after = await settled_rss(running.processes)
     rows = []
-    mode = "shared port" if scale else "a port each"
+    mode = "shared port"
     note = f" ({count:,} instances, {mode})"
     for name in before:
         per_thousand = (after[name] - before[name]) * 1000 / count
@@ -235,7 +232,6 @@ async def _time_up(state: Path, instances: int, limit: float) -> float:
 
 
 async def run_startup(ctx: Context) -> list[Row]:
-    scale = scale_available()
     ctx.say("startup: ramsim up --instances 0")
     baseline = await time_up(ctx.workdir, 0, 60)
     rows = []
@@ -244,9 +240,6 @@ async def run_startup(ctx: Context) -> list[Row]:
         target = "<= 30 s" if count == 10_000 else ""
         if ctx.quick and count > 100:
             rows.append(Row("startup", measure, "", "", target, "skipped (--quick)"))
-            continue
-        if count > 100 and not scale:
-            rows.append(Row("startup", measure, "", "", target, SCALE_NEEDED))
             continue
         ctx.say(f"startup: ramsim up --instances {count:,}")
         took = await time_up(ctx.workdir, count, 120)

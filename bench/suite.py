@@ -32,7 +32,6 @@ if str(HERE) not in sys.path:
 
 from recording import Row, append, markdown_table  # noqa: E402
 
-SCALE_NEEDED = "needs scale (h13s)"
 
 # name: (module in bench/, one line, in the default suite)
 BENCHMARKS: dict[str, tuple[str, str, bool]] = {
@@ -65,18 +64,6 @@ class Context:
 
     def count(self, full: int, quick: int) -> int:
         return quick if self.quick else full
-
-
-def scale_available() -> bool:
-    """Whether ``ramsim up`` has the shared metadata mode (h13s): the 10,000-instance rows need it."""
-    import argparse
-
-    from services.cli import up
-    sub = argparse.ArgumentParser().add_subparsers()
-    up.add_parser(sub)
-    parser = sub.choices["up"]
-    mode = next((a for a in parser._actions if "--metadata-mode" in a.option_strings), None)  # noqa: SLF001
-    return mode is not None and "shared" in (mode.choices or ())
 
 
 def selected(names: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ a real cluster (Mosquitto + one process per service, as ``ramsim up``) and measu
            low-level handler (``web.Server``, its own process) answering the same bytes with the
            same Content-Type (the baseline; target agent/bare >= 0.7), and moto's instance-metadata
            endpoint (``moto_server``, the peer; target >= 10x). Then (not --quick; needs the shared
-           metadata mode, h13s) one agent hosting 10,000 instances, wrk taking their paths in turn.
+           metadata mode) one agent hosting 10,000 instances, wrk taking their paths in turn.
   assume   AssumeRole/s over the bus: N concurrent requests to the sts node, sent as the gateway
            sends them (target >= 3,000/s for one STS process); through the gateway from 8 threads
            (signed HMAC-SHA1, fresh nonce each); 200 sequential calls' p50 beside boto3's
@@ -483,7 +483,6 @@ async def run_gets(ctx):
     """Credential GETs/s from one agent hosting 1 instance (and 10,000), beside bare aiohttp and moto."""
     from fleet import cluster, create_role, launch, serving
     from recording import Row, verdict
-    from suite import SCALE_NEEDED, scale_available
 
     use_wrk, generator = _generator(ctx)
     seconds, connections = ctx.phase(10, 2), int(ctx.options.get("connections", 32))
@@ -512,8 +511,6 @@ async def run_gets(ctx):
         ("their paths in turn)" if use_wrk else "one path: no wrk)")
     if ctx.quick:
         rows.append(Row("gets", measure, "", baseline, ">= 0.70x bare, >= 10x moto", "skipped (--quick)"))
-    elif not scale_available():
-        rows.append(Row("gets", measure, "", baseline, ">= 0.70x bare, >= 10x moto", SCALE_NEEDED))
     else:
         async with cluster(ctx.workdir, "gets-10k", shared=True, hosts=1, ready_timeout=120) as running:
             await asyncio.to_thread(create_role, running, ROLE)

@@ -25,7 +25,7 @@ def test_append_makes_the_file_then_adds_a_dated_section_with_the_machine_line(t
     out = tmp_path / "BENCHMARKS.md"
     first = [recording.Row("attach", "attach -> visible, 1 instance, p50 / p99 ms", "4.61 / 8.61", "floor 0.21 / 0.30",
                            "p99 <= 10 ms", "PASS"),
-             recording.Row("gets", "a | in a cell", "1/s", "", "", "needs scale (h13s)")]
+             recording.Row("gets", "a | in a cell", "1/s", "", "", "skipped (--quick)")]
     recording.append(out, first, when=datetime(2026, 12, 3, 13, 5, tzinfo=timezone.utc), machine="CPU X, 2 cores, load average 1.00",
                      command="ramsim bench attach")
     recording.append(out, first[:1], when=datetime(2026, 12, 4, 9, 0, tzinfo=timezone.utc), machine="CPU Y",
@@ -39,7 +39,7 @@ def test_append_makes_the_file_then_adds_a_dated_section_with_the_machine_line(t
     assert [(r["date"], r["benchmark"]) for r in rows] == [("2026-12-03", "attach"), ("2026-12-03", "gets"), ("2026-12-04", "attach")]
     assert rows[0] == {"date": "2026-12-03", "benchmark": "attach", "measure": "attach -> visible, 1 instance, p50 / p99 ms",
                        "value": "4.61 / 8.61", "baseline (same run)": "floor 0.21 / 0.30", "target": "p99 <= 10 ms", "verdict": "PASS"}
-    assert rows[1]["measure"] == "a | in a cell" and rows[1]["verdict"] == "needs scale (h13s)"
+    assert rows[1]["measure"] == "a | in a cell" and rows[1]["verdict"] == "skipped (--quick)"
 
 
 def test_an_existing_file_keeps_what_it_had(tmp_path: Path) -> None:
