@@ -245,9 +245,11 @@ class EcsCore:
         attached together do not all refresh together; never later. Half its remaining life
         when that moment has passed already (a credential shorter than ``refresh_before``)."""
         at = expires_at - self.refresh_before
-        if self.refresh_jitter > 0:
-            at -= self.refresh_before * self.refresh_jitter * self._jitter()
-        return at if at > now else now + (expires_at - now) / 2
+        if at <= now:
+            return now + (expires_at - now) / 2
+        if self.refresh_jitter > 0:  # earlier, but never before now (that would be a refresh storm, or half a life late)
+            at -= min(at - now, self.refresh_before * self.refresh_jitter * self._jitter())
+        return at
 
     # -- durable state --------------------------------------------------------------------
     def dump(self) -> dict[str, dict[str, object]]:
