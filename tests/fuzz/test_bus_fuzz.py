@@ -68,7 +68,7 @@ from services.runtime.service import clock_for
 from services.runtime.settings import Settings
 from services.sts.app import build as build_sts
 from services.sts.core import StsCore
-from tests.e2e.conftest import make_cluster, make_role, metadata_url  # noqa: F401  # make_cluster: a fixture
+from tests.e2e.conftest import broker_kind, broker_options, make_cluster, make_role, metadata_url  # noqa: F401  # fixtures: make_cluster and what it needs
 
 EXAMPLES = int(os.environ.get("RAMSIM_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
