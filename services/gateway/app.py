@@ -24,6 +24,7 @@ from protocol.trace import trace_id_of
 from services.gateway import core
 from services.runtime import service
 from services.runtime.client import BusClient
+from services.runtime.mqtt_bus import parse
 from services.runtime.refusals import RefusingServer
 from services.runtime.service import clock_for
 from services.runtime.settings import Settings
@@ -174,7 +175,8 @@ async def serve(settings: Settings) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     client.ready = True  # only now may a Ping say so: `ramsim up` calls the cluster ready on it, and callers come at once
-    log.info("service_ready", node=NAME, url=f"http://{settings.http_host}:{port}", share_group=settings.share_group or None)
+    log.info("service_ready", node=NAME, url=f"http://{settings.http_host}:{port}",
+             identity=parse(settings.broker_url).user if settings.share_group else None)  # which worker (gateway-2) this is
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
