@@ -129,7 +129,7 @@ def host_identity(host_id: str) -> str:
     return f"metadata-{host_id}"
 
 
-WORKERS = ("sts",)  # stateless services that may run as several workers sharing one node id (``ramsim up --sts-workers``)
+WORKERS = ("sts", "gateway")  # stateless services that may run as several workers sharing one node id (``--sts-workers``, ``--gateway-workers``)
 
 
 def worker_identity(node_id: str, number: int) -> str:
@@ -140,8 +140,8 @@ def worker_identity(node_id: str, number: int) -> str:
 def acl_rules(host_ids: Iterable[str], workers: Mapping[str, int] | None = None) -> dict[str, tuple[Rule, ...]]:
     """Every identity of a cluster with these hosts (and workers), and its rules (beyond :data:`PATTERNS`).
 
-    A worker of ``sts`` is its own identity (so its session is its own) with everything ``sts`` may do:
-    the patterns for ``sts`` and the rules of ``sts``; the patterns for its own name add its own inbox
+    A worker of ``sts`` (or ``gateway``) is its own identity (so its session is its own) with everything
+    ``sts`` may do: the patterns for ``sts`` and the rules of ``sts``; the patterns for its own name add its own inbox
     and dead letters, which it does not use."""
     rules = dict(RULES)
     for host_id in host_ids:

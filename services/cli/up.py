@@ -107,6 +107,7 @@ class Options:
     broker_vhost: str | None = None  # its RabbitMQ vhost (None: ramsim-<account>; "": plain usernames = identities)
     broker_setup: str = "none"  # "rabbitmqctl": provision the identities there (services/cli/rabbitmq.py)
     sts_workers: int = 1  # STS processes sharing its inbox with a shared subscription (children sts-1 … sts-N)
+    gateway_workers: int = 1  # gateway processes sharing its inbox and its HTTP port (SO_REUSEPORT; gateway-1 … gateway-N)
     console: bool = False  # also start the web console (services/console); `ramsim up` does unless --no-console
     console_port: int = 0  # its loopback port (refused when taken; 0: any free one)
     progress: Callable[[str], None] = field(default=lambda line: None)
@@ -489,13 +490,15 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
     metadata_mode = mode_for(options)
     if metadata_mode == "netns" and netns.available():
         raise UpError(f"--metadata-mode netns: {netns.available()}")
+    if options.gateway_workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise UpError("--gateway-workers needs SO_REUSEPORT (the workers share the gateway's port), which this platform lacks")
     state = options.state_dir.resolve()
     path = (options.cluster_file or state / "cluster.json").resolve()
     hosts = [f"host-{i}" for i in range(1, host_count(options) + 1)]
     with private.private_files(), _state_lock(_private_state(state, say)):  # 0700/0600: see services/runtime/private.py
         kept, resumed = _cluster_keys(options, state)
         port, gateway_port, oss_port = kept.broker_port, kept.gateway_port, kept.oss_port
-        identities = keys.identities(kept, hosts, workers={"sts": options.sts_workers})
+        identities = keys.identities(kept, hosts, workers={"sts": options.sts_workers, "gateway": options.gateway_workers})
         keys.save(state, kept)  # before any service writes state under these keys
         if options.broker:
             tools = services = _external_broker(options, kept.account_id, identities, state)
@@ -525,7 +528,7 @@ async def running_cluster(options: Options) -> AsyncIterator[Cluster]:
             plan = [("ram", {"RAMSIM_ROOT_ACCESS_KEY_ID": kept.root_access_key_id,
                              "RAMSIM_ROOT_ACCESS_KEY_SECRET": kept.root_access_key_secret}),
                     *_workers("sts", options.sts_workers, {"RAMSIM_STS_SIGNING_KEY": kept.sts_signing_key}), ("ecs", {}),
-                    ("gateway", {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
+                    *_workers("gateway", options.gateway_workers, {"RAMSIM_HTTP_PORT": str(gateway_port)}), ("oss", {"RAMSIM_HTTP_PORT": str(oss_port)})]
             plan += [(broker.host_identity(host), {"RAMSIM_HOST_ID": host, "RAMSIM_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}"})
                      for host in hosts]
             console_url = _console_plan(plan, options, kept, gateway_port, path, identities.at(tools, broker.TRACE))
@@ -596,8 +599,9 @@ def _external_broker(options: Options, account_id: str, identities: broker.Ident
     if address.user is not None:
         raise UpError("--broker: leave the credentials out of the URL; every service connects with its own identity")
     vhost = rabbitmq.vhost_for(account_id) if options.broker_vhost is None else options.broker_vhost
-    if vhost and options.sts_workers > 1:
-        raise UpError("--sts-workers needs shared subscriptions ($share/…), which RabbitMQ 3.10's MQTT plugin does not offer")
+    if vhost and (options.sts_workers > 1 or options.gateway_workers > 1):
+        raise UpError("--sts-workers and --gateway-workers need shared subscriptions ($share/…), which RabbitMQ 3.10's "
+                      "MQTT plugin does not offer")
     version = address.version if "version=" in options.broker else ""
     endpoint = broker.Endpoint(address.host, address.port, vhost=vhost, version=version)
     if vhost:
@@ -797,6 +801,7 @@ def options(args: argparse.Namespace, progress: bool) -> Options:
                    broker=getattr(args, "broker", "") or "", broker_vhost=getattr(args, "broker_vhost", None),
                    broker_setup=getattr(args, "broker_setup", "none") or "none",
                    sts_workers=getattr(args, "sts_workers", 1) or 1,
+                   gateway_workers=getattr(args, "gateway_workers", 1) or 1,
                    console=hasattr(args, "no_console") and not args.no_console, console_port=getattr(args, "console_port", 0) or 0,
                    progress=(lambda line: print(f"[ramsim] {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None))
 
@@ -839,6 +844,10 @@ def add_parser(sub: Any) -> None:
                    help="run STS as N worker processes (sts-1 … sts-N, one broker identity each) sharing its inbox with a "
                         "shared subscription, so each request reaches one of them and a killed worker's load goes to the "
                         "others (default 1)")
+    p.add_argument("--gateway-workers", type=int, default=1, metavar="N",
+                   help="run the gateway as N worker processes (gateway-1 … gateway-N, one broker identity each, all node "
+                        "gateway) listening on the one gateway port with SO_REUSEPORT, so the kernel spreads connections "
+                        "between them and a killed worker's connections go to the others (default 1; Linux)")
     p.add_argument("--console-port", type=int, default=0, metavar="PORT",
                    help="the web console's loopback port (default any free one; its URL is printed and in the cluster file)")
     p.add_argument("--no-console", action="store_true",
@@ -857,8 +866,8 @@ def add_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.instances < 0 or (args.hosts is not None and args.hosts < 1) or args.sts_workers < 1:
-        raise UpError("--instances must be >= 0, --hosts and --sts-workers >= 1")
+    if args.instances < 0 or (args.hosts is not None and args.hosts < 1) or args.sts_workers < 1 or args.gateway_workers < 1:
+        raise UpError("--instances must be >= 0, --hosts, --sts-workers and --gateway-workers >= 1")
     if not all(0 <= getattr(args, f"{what}_port") <= 65535 for what in (*PORTS, "console")):
         raise UpError("a --*-port is 1-65535 (or 0: any free port)")
     chosen = options(args, progress=True)

@@ -24,6 +24,7 @@ from protocol.trace import trace_id_of
 from services.gateway import core
 from services.runtime import service
 from services.runtime.client import BusClient
+from services.runtime.mqtt_bus import parse
 from services.runtime.refusals import RefusingServer
 from services.runtime.service import clock_for
 from services.runtime.settings import Settings
@@ -63,12 +64,22 @@ class NonceLog:
         self.db.execute("DELETE FROM nonces WHERE stamp < ?", (now - window,))
         return dict(self.db.execute("SELECT nonce, stamp FROM nonces"))
 
-    def add(self, seen: list[tuple[str, float]], now: float, window: float) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO nonces (nonce, stamp) VALUES (?, ?)", seen)
+    def add(self, seen: list[tuple[str, float]], now: float, window: float) -> list[str]:
+        """Write ``seen`` down; return those another process (a gateway worker sharing this file)
+        already wrote with a stamp still inside the window: replays this process could not know of."""
+        taken = []
+        for nonce, stamp in seen:  # each its own write: SQLite serialises the workers' (each waits up to its timeout)
+            written = self.db.execute(
+                "INSERT INTO nonces (nonce, stamp) VALUES (?, ?) "
+                "ON CONFLICT (nonce) DO UPDATE SET stamp = excluded.stamp WHERE nonces.stamp < ?",
+                (nonce, stamp, now - window))
+            if written.rowcount == 0:
+                taken.append(nonce)
         self.added += len(seen)
         if self.added >= 10_000:  # now and then, forget what can no longer be replayed
             self.added = 0
             self.db.execute("DELETE FROM nonces WHERE stamp < ?", (now - window,))
+        return taken
 
     def close(self) -> None:
         self.db.close()
@@ -94,11 +105,14 @@ def make_server(client: BusClient, settings: Settings, nonces: NonceLog | None =
                              headers={k.lower(): v for k, v in request.headers.items()}, body=body, form=form)
         now = time.time()
         parsed = gateway.parse(http, now)
-        if gateway.seen:  # on disk before anything is answered: a restart must not forget it
+        taken: list[str] = []
+        if gateway.seen:  # on disk before anything is answered: a restart (or another worker) must not forget it
             if nonces is not None:
-                nonces.add(gateway.seen, now, gateway.max_skew)
+                taken = nonces.add(gateway.seen, now, gateway.max_skew)
             gateway.seen.clear()
         product = parsed.product if isinstance(parsed, core.Call) else "gateway"
+        if taken:  # a replay of a request another gateway worker took
+            return respond(core.nonce_used(), request_id, product)
         if isinstance(parsed, Error):
             return respond(parsed, request_id, product)
         trace_id = trace_id_of(request_id)  # a client finds its call's messages by the RequestId it is answered
@@ -149,15 +163,20 @@ def respond(body: object, request_id: str, product: str) -> web.Response:
 async def serve(settings: Settings) -> None:
     clock = clock_for(settings)
     bus = await service.connect(NAME, settings, clock)
-    client = await BusClient(bus, NAME, clock, ready=False).start()  # "starting" until HTTP listens
+    # "starting" until HTTP listens; a worker (``ramsim up --gateway-workers``) shares the inbox and hears every reply
+    client = await BusClient(bus, NAME, clock, ready=False, share_group=settings.share_group,
+                             replies_from=tuple(core.COMMANDS)).start()
     nonces = NonceLog(Path(settings.state_dir) / f"{NAME}.db")
     runner = web.ServerRunner(make_server(client, settings, nonces), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    # the workers of one gateway listen on one port (SO_REUSEPORT: the kernel spreads connections between
+    # them); a lone gateway does not, so that a second one on its port is an error, not a silent share
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=bool(settings.share_group) or None)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     client.ready = True  # only now may a Ping say so: `ramsim up` calls the cluster ready on it, and callers come at once
-    log.info("service_ready", node=NAME, url=f"http://{settings.http_host}:{port}")
+    log.info("service_ready", node=NAME, url=f"http://{settings.http_host}:{port}",
+             identity=parse(settings.broker_url).user if settings.share_group else None)  # which worker (gateway-2) this is
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -142,7 +142,7 @@ class Gateway:
             self._nonces = {n: t for n, t in self._nonces.items() if now - t <= self.max_skew}
             self._oldest = min(self._nonces.values(), default=now)
         if nonce in self._nonces:
-            return error("SignatureNonceUsed", "Specified signature nonce was used already.")
+            return nonce_used()
         self._nonces[nonce] = stamp  # by its timestamp: it can be replayed until stamp + max_skew
         self.seen.append((nonce, stamp))
         return None
@@ -217,6 +217,11 @@ def unauthenticated(problem: Message, credential: common.Authenticate) -> Messag
     if isinstance(problem, Error) and problem.code == "SignatureDoesNotMatch":
         return msgspec.structs.replace(problem, message=SIGNATURE_MISMATCH + credential.string_to_sign)
     return problem
+
+
+def nonce_used() -> Error:
+    """A request whose nonce was used within the window (by this gateway or, seen on disk, another worker)."""
+    return error("SignatureNonceUsed", "Specified signature nonce was used already.")
 
 
 def verifier(access_key_id: str) -> str:

@@ -184,8 +184,14 @@ class BusClient(Endpoint):
     """Request/response over the bus for shells that are not cores."""
 
     def __init__(self, bus: Bus, node_id: str, clock: Clock, *, on_message: Callable[[Envelope], None] | None = None,
-                 ready: bool = True) -> None:
+                 ready: bool = True, share_group: str = "", replies_from: tuple[str, ...] = ()) -> None:
         super().__init__(bus, node_id, clock)
+        # A stateless worker (``ramsim up --gateway-workers``), as a core's driver does it: the inbox is a
+        # shared subscription (a request, a Ping, reaches one worker of the group); the replies from the
+        # nodes it asks (``replies_from``) come to every worker on plain subscriptions, and a worker
+        # ignores, quietly, those to requests another worker made (msg ids start at a random point per process).
+        self.share_group = share_group
+        self.replies_from = replies_from
         self.ready = ready  # False until its shell serves (an HTTP front listening): Pings are answered "starting"
         self._waiting: dict[int, tuple[str, asyncio.Future[Message]]] = {}  # msg id -> (who was asked, answer)
         self._echoes: dict[int, asyncio.Future[None]] = {}  # our own markers, on their way through the broker
@@ -197,7 +203,11 @@ class BusClient(Endpoint):
         self.failed = 0  # messages whose on_message handler raised
 
     async def start(self) -> "BusClient":
-        await self.bus.subscribe(topics.inbox_filter(self.node_id), self._receive)
+        inbox = [topics.inbox_filter(self.node_id)]
+        if self.share_group:
+            inbox = [topics.shared(self.share_group, inbox[0]), *(topics.inbox(self.node_id, src) for src in self.replies_from)]
+        for topic_filter in inbox:
+            await self.bus.subscribe(topic_filter, self._receive)
         self.bus.open()
         return self
 
@@ -256,6 +266,8 @@ class BusClient(Endpoint):
             await self.reply(env, ping_answer(self.node_id, self._started_at, self.ready))
         elif future is not None and not future.done():
             future.set_result(env.body)
+        elif env.in_reply_to is not None and self.share_group:  # another worker's reply (or a second copy of ours)
+            log.debug("reply_for_another_worker", node=self.node_id, src=env.src, in_reply_to=env.in_reply_to)
         elif env.in_reply_to is not None:
             self.unexpected += 1
             log.info("reply_unexpected", node=self.node_id, src=env.src, in_reply_to=env.in_reply_to, body=type(env.body).__name__)

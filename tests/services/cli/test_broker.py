@@ -186,3 +186,17 @@ def test_the_trace_identity_reads_everything_and_its_pattern_writes_are_denied()
     for other in users:
         assert may(acl, broker.TRACE, "read", topics.inbox(other, "ram"))
     assert not may(acl, broker.TRACE, "read", "$SYS/broker/clients/connected")
+
+
+def test_a_gateway_worker_may_do_exactly_what_the_gateway_may() -> None:
+    """``--gateway-workers``: ``gateway-2`` speaks as node ``gateway`` (its inbox, its outbox, its
+    replies to RAM, STS and ECS), and no more than ``gateway`` does (beyond the patterns' topics
+    under its own name, which it does not use)."""
+    table = grants(broker.acl_text(broker.acl_rules(HOSTS, {"gateway": 2})))
+    probes = [(access, topic) for access in ("read", "write")
+              for topic in (topics.inbox("gateway", "ram"), topics.inbox("ram", "gateway"), topics.inbox("sts", "gateway"),
+                            topics.inbox("ecs", "gateway"), topics.inbox("ram", "sts"), topics.inbox("gateway-1", "ram"), topics.deadletter("gateway"), topics.host_instances(HOSTS[0]))]
+    for access, topic in probes:
+        assert may(table, "gateway-2", access, topic) == may(table, "gateway", access, topic), (access, topic)
+    assert may(table, "gateway-2", "write", topics.inbox("ram", "gateway"))
+    assert not may(table, "gateway-2", "write", topics.inbox("ram", "sts"))

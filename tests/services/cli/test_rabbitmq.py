@@ -103,3 +103,5 @@ def test_without_broker_setup_up_writes_the_definitions_for_an_operator(tmp_path
         up._external_broker(up.Options(broker="mqtt://u:p@127.0.0.1:1884"), "5555", identities, tmp_path)
     with pytest.raises(up.UpError, match="shared subscriptions"):
         up._external_broker(up.Options(broker="mqtt://127.0.0.1:1884", sts_workers=2), "5555", identities, tmp_path)
+    with pytest.raises(up.UpError, match="shared subscriptions"):
+        up._external_broker(up.Options(broker="mqtt://127.0.0.1:1884", gateway_workers=2), "5555", identities, tmp_path)
