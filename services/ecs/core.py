@@ -247,8 +247,10 @@ class EcsCore:
         at = expires_at - self.refresh_before
         if at <= now:
             return now + (expires_at - now) / 2
-        if self.refresh_jitter > 0:  # earlier, but never before now (that would be a refresh storm, or half a life late)
-            at -= min(at - now, self.refresh_before * self.refresh_jitter * self._jitter())
+        if self.refresh_jitter > 0:
+            # a fraction of refresh_before, or of the time left when that is shorter: never at or
+            # before now (a credential refreshed as soon as it arrived would be a refresh storm)
+            at -= min(at - now, self.refresh_before) * self.refresh_jitter * self._jitter()
         return at
 
     # -- durable state --------------------------------------------------------------------
