@@ -59,6 +59,13 @@ class BatchRole:
     positions: list[int]
 
 
+@dataclass
+class RoleLookup:
+    """The one GetRole in flight for ``role_name``; what waits for it is in ``StsCore._lookups``."""
+
+    role_name: str
+
+
 class StsCore:
     node_id = NAME
     REPLIES_FROM = ("ram",)  # the only node it asks (GetRole, Authorize): as a shared worker it hears every reply from it
@@ -70,6 +77,7 @@ class StsCore:
         self._entropy = entropy
         self._opened: dict[str, tuple[int, tokens.Claims]] = {}  # token -> (its key epoch, its claims)
         self._trusted: dict[tuple[str, str], bool] = {}  # (trust policy, service) -> trusted (a pure function's answers)
+        self._lookups: dict[str, list[Assume | BatchRole]] = {}  # role name -> what waits for its GetRole in flight
         self._table = {
             m.AssumeRole: self._assume_role,
             m.AssumeRoles: self._assume_roles,
@@ -100,8 +108,20 @@ class StsCore:
         if problem is not None:
             return [Reply(msg, problem)]
         role_name = ROLE_ARN.match(body.role_arn).group(2)  # type: ignore[union-attr]
-        return [Request("ram", ram.GetRole(role_name=role_name, caller=self._service_principal()),
-                        Assume(msg), trace_id=msg.trace_id)]
+        return self._get_role(role_name, Assume(msg), msg.trace_id)
+
+    def _get_role(self, role_name: str, waiter: Assume | BatchRole, trace_id: str) -> list[Effect]:
+        """Ask RAM for ``role_name`` once however many requests want it at the same moment: a
+        refresh of 10,000 instances due together is one GetRole, not 10,000 queued at RAM (whose
+        timeouts and retries once kept the fleet from refreshing at all). The waiters all get
+        that one answer, as if they had come one after another."""
+        waiting = self._lookups.get(role_name)
+        if waiting is not None:
+            waiting.append(waiter)
+            return []
+        self._lookups[role_name] = [waiter]
+        return [Request("ram", ram.GetRole(role_name=role_name, caller=self._service_principal()), RoleLookup(role_name),
+                        trace_id=trace_id)]
 
     def _validate(self, body: m.AssumeRole) -> Error | None:
         if body.caller is None:
@@ -146,8 +166,7 @@ class StsCore:
         if not by_role:
             return [Reply(msg, m.AssumeRolesOk(results=batch.results))]
         batch.waiting = len(by_role)
-        return [Request("ram", ram.GetRole(role_name=name, caller=self._service_principal()), BatchRole(batch, positions),
-                        trace_id=msg.trace_id) for name, positions in by_role.items()]
+        return [e for name, positions in by_role.items() for e in self._get_role(name, BatchRole(batch, positions), msg.trace_id)]
 
     def _batch_role(self, context: BatchRole, body: object, now: float) -> list[Effect]:
         batch = context.batch
@@ -173,6 +192,8 @@ class StsCore:
         return effects
 
     def on_reply(self, context: object, body: object, now: float) -> list[Effect]:
+        if isinstance(context, RoleLookup):  # the role's one GetRole answered (or timed out): every waiter's answer
+            return [e for waiter in self._lookups.pop(context.role_name, []) for e in self.on_reply(waiter, body, now)]
         if isinstance(context, BatchRole):
             return self._batch_role(context, body, now)
         assert isinstance(context, Assume)

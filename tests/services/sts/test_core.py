@@ -223,7 +223,7 @@ def alice_asks(core: StsCore, trust_text: str = ROOT_TRUST, **kw: object) -> tup
 def test_a_trusted_ram_user_is_checked_with_ram(core: StsCore, principals: list[str]) -> None:
     first, effects = alice_asks(core, trust({"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"RAM": principals}}))
     authorize = the_request(effects)
-    assert authorize.dest == "ram" and authorize.context is first.context
+    assert authorize.dest == "ram" and authorize.context.request.body.role_session_name == "alice"  # the same request, on
     assert authorize.body == ram.Authorize(principal=ALICE, checks=[ram.Check(action="sts:AssumeRole",
                                                                               resource=f"acs:ram::{ACCOUNT}:role/Admin")])
 
@@ -621,3 +621,19 @@ def test_only_ecs_may_send_a_batch_and_only_as_itself(core: StsCore) -> None:
     assert_error(reply(batch(core, ("i-one", "EcsRole"), src="gateway")), "NoPermission", 403)
     answer = reply(batch(core, ("i-one", "EcsRole"), caller=ALICE))  # from ECS, but not as the ECS service principal
     assert isinstance(answer, m.AssumeRolesOk) and answer.results[0].error is not None and answer.results[0].ok is None
+
+
+def test_requests_for_one_role_at_one_moment_share_one_get_role(core: StsCore) -> None:
+    """A fleet's refreshes due together ask RAM for their role once; every one gets its own
+    credential from that answer, and an error answer reaches them all."""
+    asked = [assume(core, session=f"i-{n}") for n in range(50)]
+    lookups = [e for effects in asked for e in effects if isinstance(e, Request)]
+    assert len(lookups) == 1 and isinstance(lookups[0].body, ram.GetRole)
+    done = core.on_reply(lookups[0].context, ram.GetRoleOk(role=make_role()), T0)
+    answers = [e.body for e in done if isinstance(e, Reply)]
+    assert len(answers) == 50 and all(isinstance(a, m.AssumeRoleOk) for a in answers)
+    assert len({a.credentials.access_key_id for a in answers}) == 50
+    again = [e for n in range(3) for e in assume(core, session=f"j-{n}") if isinstance(e, Request)]
+    assert len(again) == 1  # the lookup is over: the next moment asks again (a role can change)
+    failed = core.on_reply(again[0].context, error("ServiceUnavailable.Timeout", "timed out", 503), T0)
+    assert [type(e.body) for e in failed if isinstance(e, Reply)] == [Error] * 3
