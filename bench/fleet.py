@@ -79,6 +79,7 @@ async def cluster(workdir: Path, name: str, *, hosts: int = 1, shared: bool = Fa
         for attempt in (1, 2, 3):
             options = Options(state_dir=workdir / f"{name}-{attempt}", instances=0, hosts=hosts, time_scale=time_scale,
                               metadata_mode="shared" if shared else "port", ready_timeout=ready_timeout, log_level="warning",
+                              refresh_jitter=0.1,  # as `ramsim up` runs (its --refresh-jitter default)
                               ports=dict(zip(PORTS, quiet_ports(len(PORTS)))))
             try:
                 running = await stack.enter_async_context(running_cluster(options))
