@@ -64,6 +64,16 @@ async def _private(options: up.Options) -> int:
             return await asyncio.to_thread(walk, running.file, print)
 
 
+def ensure(call: Callable[..., Any], say: Callable[[str], None], product: str, action: str, **params: str) -> None:
+    """``call(product, action, **params)``, where an entity an earlier run made is fine: reused, and said so."""
+    try:
+        call(product, action, **params)
+    except api.ApiError as exc:
+        if not exc.code.startswith("EntityAlreadyExists"):
+            raise
+        say(f"    ({exc.code}: already there from an earlier run, reusing it)")
+
+
 class Steps:
     def __init__(self, target: cluster.ClusterFile, say: Callable[[str], None]) -> None:
         self.target = target
@@ -74,12 +84,7 @@ class Steps:
         return api.call(self.target.gateway_url, product, action, params, credential or self.root)
 
     def ensure(self, product: str, action: str, **params: str) -> None:
-        try:
-            self.call(product, action, **params)
-        except api.ApiError as exc:
-            if not exc.code.startswith("EntityAlreadyExists"):
-                raise
-            self.say(f"    ({exc.code}: already there from an earlier run, reusing it)")
+        ensure(self.call, self.say, product, action, **params)
 
     def step(self, n: int, text: str) -> None:
         self.say(f"\n[{n}] {text}")

@@ -148,12 +148,7 @@ class Tour:
         return answer
 
     def ensure(self, product: str, action: str, **params: str) -> None:
-        try:
-            self.call(product, action, **params)
-        except api.ApiError as exc:
-            if not exc.code.startswith("EntityAlreadyExists"):
-                raise
-            self.say("    (already there from an earlier tour: reusing it)")
+        demo.ensure(self.call, self.say, product, action, **params)
 
     def messages(self, request_id: str, product: str) -> list[TraceEvent]:
         """Print the messages of the call answered with ``request_id`` (its trace), once the answer reached the gateway."""

@@ -481,14 +481,7 @@ async def test_no_identity_can_take_a_services_client_id(make_cluster, broker_ki
     assert control is not None
     await control.close()
     assert f"Client oss {TAKEOVER}" in broker_log.read_text()
-    await blocking(wait_until, lambda: [e for e in log_events(cluster, "oss") if e.get("event") == "broker_reconnected"],
-                   what="OSS to reconnect after the control took its session")
-    bus = await connect(cluster, broker.OPERATOR, "acl-pinger-again")
-    try:
-        client = await BusClient(bus, broker.OPERATOR, ScaledClock()).start()
-        assert isinstance(await client.request("oss", Ping()), PingOk)
-    finally:
-        await bus.close()
+    await oss_reconnects_and_answers(cluster)
 
 
 async def test_a_persistent_session_follows_the_identity_not_the_client_id_it_sends(make_cluster) -> None:  # noqa: ANN001
@@ -549,6 +542,11 @@ async def test_no_identity_can_take_a_services_session_on_rabbitmq(make_cluster)
     await blocking(wait_until, lambda: [e for e in log_events(cluster, "oss") if e.get("event") == "broker_connection_lost"],
                    what="OSS to lose its connection to the control")
     await control.close()
+    await oss_reconnects_and_answers(cluster)
+
+
+async def oss_reconnects_and_answers(cluster) -> None:  # noqa: ANN001
+    """After a control took OSS's session: OSS reconnects by itself and answers a Ping again."""
     await blocking(wait_until, lambda: [e for e in log_events(cluster, "oss") if e.get("event") == "broker_reconnected"],
                    what="OSS to reconnect after the control took its session")
     bus = await connect(cluster, broker.OPERATOR, "acl-pinger-again")

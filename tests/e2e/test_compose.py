@@ -52,6 +52,8 @@ c = Client(Config(type="ecs_ram_role")).get_credential()
 print(json.dumps({"id": c.access_key_id, "secret": c.access_key_secret, "token": c.security_token,
                   "env": sorted(k for k in os.environ if "ALIBABA" in k.upper() or "PROXY" in k.upper())}))
 """
+# READ_CREDENTIAL and FROM_ELSEWHERE run only inside the test's containers (Compose.exec), on the
+# internal network it made, where 100.100.100.200 is its own metadata agent; the host never dials it.
 FROM_ELSEWHERE = """
 import urllib.request, urllib.error
 try:
